@@ -1,0 +1,258 @@
+"""Building blocks of MogaNet, written from the paper's equations.
+
+Module and parameter names follow the official state-dict layout
+(``attn.proj_1``, ``attn.value.DW_conv0``, ``mlp.decompose``, ``attn.sigma.scale`` ...), so an
+official checkpoint loads strictly.  Every block also carries parameter-free
+:class:`TapPoint` modules at the places analyses care about:
+
+========================  =====================================================================
+tap point                 tensor that passes through it
+========================  =====================================================================
+``attn.tap_fd``           output of feature decomposition (FD) after its SiLU: the input ``y``
+                          of the gate and context branches
+``attn.tap_gate``         gate branch ``SiLU(gate(y))``
+``attn.tap_context``      context branch ``SiLU(value(y))`` (multi-order DWConv)
+``attn.tap_gated``        their product, before ``proj_2``
+``mlp.tap_ca``            output of channel aggregation (CA) inside the FFN, before ``fc2``
+========================  =====================================================================
+
+Forward hooks on a tap point read the tensor; a hook that returns a tensor replaces it.  They
+add no parameters and cost nothing when no hook is registered.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from timm.layers import DropPath
+
+__all__ = [
+    "TapPoint",
+    "ElementScale",
+    "MultiOrderDWConv",
+    "MultiOrderGatedAggregation",
+    "ChannelAggregationFFN",
+    "MogaBlock",
+    "StemPatchEmbed",
+    "ConvPatchEmbed",
+    "multi_order_split",
+]
+
+
+class TapPoint(nn.Identity):
+    """A named identity: the place where analyses capture or replace an activation."""
+
+
+class ElementScale(nn.Module):
+    """Learnable per-channel scale ``x * scale`` (official name: ``sigma`` with ``.scale``)."""
+
+    def __init__(self, channels: int, init_value: float = 1e-5):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1, channels, 1, 1), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def multi_order_split(channels: int, ratio: tuple[int, int, int] = (1, 3, 4)) -> tuple[int, int, int]:
+    """Channels given to the (order-0, dilation-2, dilation-3) branches of the context conv.
+
+    The two dilated branches take ``int(C * r_k / sum(r))`` channels each; the first branch keeps
+    the rest, so the split always sums to ``C`` (e.g. 96 -> (12, 36, 48), 320 -> (40, 120, 160)).
+    """
+    total = sum(ratio)
+    c1 = int(ratio[1] / total * channels)
+    c2 = int(ratio[2] / total * channels)
+    return channels - c1 - c2, c1, c2
+
+
+class MultiOrderDWConv(nn.Module):
+    """Multi-order depthwise context: a 5x5 DWConv, then two dilated DWConvs *cascaded* on
+    channel groups of its output, concatenated and mixed by a 1x1 conv.
+
+    ``multi_order=False`` keeps only the 5x5 conv (``PW_conv(DW_conv0(x))``), the single-order
+    variant used for training-time ablations; it has no ``DW_conv1`` / ``DW_conv2`` parameters.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dilations: tuple[int, int, int] = (1, 2, 3),
+        channel_split: tuple[int, int, int] = (1, 3, 4),
+        multi_order: bool = True,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.split = multi_order_split(channels, channel_split)
+        self.multi_order = multi_order
+        c0, c1, c2 = self.split
+        d0, d1, d2 = dilations
+        # padding = dilation * (kernel - 1) / 2 keeps the spatial size
+        self.DW_conv0 = nn.Conv2d(channels, channels, 5, padding=2 * d0, dilation=d0, groups=channels)
+        if multi_order:
+            self.DW_conv1 = nn.Conv2d(c1, c1, 5, padding=2 * d1, dilation=d1, groups=c1)
+            self.DW_conv2 = nn.Conv2d(c2, c2, 7, padding=3 * d2, dilation=d2, groups=c2)
+        self.PW_conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.DW_conv0(x)
+        if self.multi_order:
+            c0, c1, c2 = self.split
+            x = torch.cat(
+                [
+                    x[:, :c0],
+                    self.DW_conv1(x[:, c0 : c0 + c1]),
+                    self.DW_conv2(x[:, self.channels - c2 :]),
+                ],
+                dim=1,
+            )
+        return self.PW_conv(x)
+
+
+class MultiOrderGatedAggregation(nn.Module):
+    """Spatial aggregation: FD, then SiLU(gate(y)) * SiLU(value(y)), projected, plus the input.
+
+    Feature decomposition (FD): ``z = proj_1(x)``; ``y = SiLU(z + sigma * (z - GAP(z)))``.
+    Only the plain gating path is implemented: SiLU is applied once to each branch.  (The
+    official ``attn_force_fp32=True`` path applies it a second time; it is not reproduced.)
+
+    ``gate=False`` drops the gate branch (``proj_2(SiLU(value(y))) + x``; no ``gate`` parameters),
+    ``use_fd=False`` drops FD's re-weighting (no ``sigma``): both exist for training-time ablations.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dilations: tuple[int, int, int] = (1, 2, 3),
+        channel_split: tuple[int, int, int] = (1, 3, 4),
+        init_value: float = 1e-5,
+        gate: bool = True,
+        multi_order: bool = True,
+        use_fd: bool = True,
+    ):
+        super().__init__()
+        self.use_gate = gate
+        self.use_fd = use_fd
+        self.proj_1 = nn.Conv2d(channels, channels, 1)
+        if gate:
+            self.gate = nn.Conv2d(channels, channels, 1)
+        self.value = MultiOrderDWConv(channels, dilations, channel_split, multi_order=multi_order)
+        self.proj_2 = nn.Conv2d(channels, channels, 1)
+        self.act_value = nn.SiLU()
+        self.act_gate = nn.SiLU()
+        if use_fd:
+            self.sigma = ElementScale(channels, init_value)
+        self.tap_fd = TapPoint()
+        self.tap_gate = TapPoint()
+        self.tap_context = TapPoint()
+        self.tap_gated = TapPoint()
+
+    def feat_decompose(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj_1(x)
+        if self.use_fd:
+            x = x + self.sigma(x - x.mean(dim=(2, 3), keepdim=True))
+        return self.tap_fd(self.act_value(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.feat_decompose(x)
+        context = self.tap_context(self.act_gate(self.value(y)))
+        if self.use_gate:
+            context = context * self.tap_gate(self.act_gate(self.gate(y)))
+        return self.proj_2(self.tap_gated(context)) + x
+
+
+class ChannelAggregationFFN(nn.Module):
+    """Inverted bottleneck FFN with channel aggregation (CA).
+
+    ``h = GELU(DWConv3x3(fc1(x)))``; CA: ``h + sigma * (h - GELU(decompose(h)))`` where
+    ``decompose`` squeezes all channels into one; then ``fc2``.
+    """
+
+    def __init__(self, channels: int, hidden: int, drop: float = 0.0, init_value: float = 1e-5,
+                 use_ca: bool = True):
+        super().__init__()
+        self.use_ca = use_ca
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.drop = nn.Dropout(drop)
+        if use_ca:
+            self.decompose = nn.Conv2d(hidden, 1, 1)
+            self.sigma = ElementScale(hidden, init_value)
+            self.decompose_act = nn.GELU()
+        self.tap_ca = TapPoint()
+
+    def feat_decompose(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_ca:
+            x = x + self.sigma(x - self.decompose_act(self.decompose(x)))
+        return self.tap_ca(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        x = self.feat_decompose(x)
+        return self.drop(self.fc2(x))
+
+
+class MogaBlock(nn.Module):
+    """``x + ls1 * attn(BN(x))`` then ``x + ls2 * mlp(BN(x))``, with stochastic depth."""
+
+    def __init__(
+        self,
+        channels: int,
+        ffn_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        init_value: float = 1e-5,
+        dilations: tuple[int, int, int] = (1, 2, 3),
+        channel_split: tuple[int, int, int] = (1, 3, 4),
+        gate: bool = True,
+        multi_order: bool = True,
+        use_fd: bool = True,
+        use_ca: bool = True,
+    ):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.attn = MultiOrderGatedAggregation(
+            channels, dilations, channel_split, init_value, gate=gate, multi_order=multi_order, use_fd=use_fd
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(channels)
+        self.mlp = ChannelAggregationFFN(channels, int(channels * ffn_ratio), drop, init_value, use_ca=use_ca)
+        self.layer_scale_1 = nn.Parameter(torch.full((1, channels, 1, 1), float(init_value)))
+        self.layer_scale_2 = nn.Parameter(torch.full((1, channels, 1, 1), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x)))
+        return x
+
+
+class StemPatchEmbed(nn.Module):
+    """Stage-1 stem: two stride-2 3x3 convs (C/2 then C channels) with BN, GELU between."""
+
+    def __init__(self, in_chans: int, channels: int):
+        super().__init__()
+        self.projection = nn.Sequential(
+            nn.Conv2d(in_chans, channels // 2, 3, stride=2, padding=1),
+            nn.BatchNorm2d(channels // 2),
+            nn.GELU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x)
+
+
+class ConvPatchEmbed(nn.Module):
+    """Down-sampling between stages: stride-2 3x3 conv and BN."""
+
+    def __init__(self, in_chans: int, channels: int):
+        super().__init__()
+        self.projection = nn.Conv2d(in_chans, channels, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.projection(x))

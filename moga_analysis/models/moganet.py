@@ -1,0 +1,344 @@
+"""MogaNet (Li et al., ICLR 2024) as a timm model.
+
+Six variants are registered in timm's registry when :mod:`moga_analysis` is imported:
+``moganet_xtiny``, ``moganet_tiny``, ``moganet_small``, ``moganet_base``, ``moganet_large`` and
+``moganet_xlarge`` (short aliases ``moganet_xt`` ... ``moganet_xl``).  Parameter names equal the
+official state-dict keys, so official checkpoints load strictly with no remapping.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .layers import ConvPatchEmbed, MogaBlock, StemPatchEmbed
+
+__all__ = ["MogaNet", "ARCH_SETTINGS", "ALIASES", "checkpoint_filter_fn"]
+
+ARCH_SETTINGS: Dict[str, Dict[str, Tuple[int, ...]]] = {
+    "xtiny": dict(embed_dims=(32, 64, 96, 192), depths=(3, 3, 10, 2), ffn_ratios=(8, 8, 4, 4)),
+    "tiny": dict(embed_dims=(32, 64, 128, 256), depths=(3, 3, 12, 2), ffn_ratios=(8, 8, 4, 4)),
+    "small": dict(embed_dims=(64, 128, 320, 512), depths=(2, 3, 12, 2), ffn_ratios=(8, 8, 4, 4)),
+    "base": dict(embed_dims=(64, 160, 320, 512), depths=(4, 6, 22, 3), ffn_ratios=(8, 8, 4, 4)),
+    "large": dict(embed_dims=(64, 160, 320, 640), depths=(4, 6, 44, 4), ffn_ratios=(8, 8, 4, 4)),
+    "xlarge": dict(embed_dims=(96, 192, 480, 960), depths=(6, 6, 44, 4), ffn_ratios=(8, 8, 4, 4)),
+}
+
+#: short name -> registered name
+ALIASES = {
+    "moganet_xt": "moganet_xtiny",
+    "moganet_t": "moganet_tiny",
+    "moganet_s": "moganet_small",
+    "moganet_b": "moganet_base",
+    "moganet_l": "moganet_large",
+    "moganet_xl": "moganet_xlarge",
+}
+
+
+class MogaNet(nn.Module):
+    """Multi-order gated aggregation network.
+
+    Layout (names as in the official code): for stage ``i`` in 1..4, ``patch_embed{i}`` (a
+    two-conv stem for stage 1, a stride-2 conv + BN after), ``blocks{i}`` (a ``ModuleList`` of
+    :class:`MogaBlock`), ``norm{i}`` (BN); then global average pooling and ``head``.
+
+    ``gate``, ``multi_order``, ``use_fd`` and ``use_ca`` switch model parts off for training-time
+    ablations; the defaults build the published architecture.
+    """
+
+    def __init__(
+        self,
+        embed_dims: Sequence[int] = (32, 64, 96, 192),
+        depths: Sequence[int] = (3, 3, 10, 2),
+        ffn_ratios: Sequence[float] = (8, 8, 4, 4),
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_value: float = 1e-5,
+        head_init_scale: float = 1.0,
+        dilations: Tuple[int, int, int] = (1, 2, 3),
+        channel_split: Tuple[int, int, int] = (1, 3, 4),
+        gate: bool = True,
+        multi_order: bool = True,
+        use_fd: bool = True,
+        use_ca: bool = True,
+    ):
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_stages = len(depths)
+        self.embed_dims = tuple(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.ablation_settings = dict(gate=gate, multi_order=multi_order, use_fd=use_fd, use_ca=use_ca)
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.feature_info: List[Dict[str, Any]] = []
+        start = 0
+        for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, ffn_ratios)):
+            embed = StemPatchEmbed(in_chans, dim) if i == 0 else ConvPatchEmbed(embed_dims[i - 1], dim)
+            blocks = nn.ModuleList(
+                MogaBlock(
+                    dim,
+                    ffn_ratio=ratio,
+                    drop=drop_rate,
+                    drop_path=rates[start + j],
+                    init_value=init_value,
+                    dilations=dilations,
+                    channel_split=channel_split,
+                    gate=gate,
+                    multi_order=multi_order,
+                    use_fd=use_fd,
+                    use_ca=use_ca,
+                )
+                for j in range(depth)
+            )
+            start += depth
+            self.add_module(f"patch_embed{i + 1}", embed)
+            self.add_module(f"blocks{i + 1}", blocks)
+            self.add_module(f"norm{i + 1}", nn.BatchNorm2d(dim))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"norm{i + 1}"))
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+        self.apply(self._init_weights)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # as in the official code: fan-out normal for convs, truncated normal for linears
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------- stage access
+    def stage(self, index: int) -> Tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """``(patch_embed, blocks, norm)`` of stage ``index`` (0-based)."""
+        i = index + 1
+        return getattr(self, f"patch_embed{i}"), getattr(self, f"blocks{i}"), getattr(self, f"norm{i}")
+
+    def _run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        embed, blocks, norm = self.stage(index)
+        x = embed(x)
+        for blk in blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return norm(x)
+
+    # ----------------------------------------------------------------- timm contract
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed1",
+            blocks=r"^blocks(\d+)" if coarse else [(r"^blocks(\d+)\.(\d+)", None), (r"^norm(\d+)", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map after the last stage's norm: ``[B, C4, H/32, W/32]``."""
+        for i in range(self.num_stages):
+            x = self._run_stage(i, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (each after its stage norm, as the official ``fork_feat`` mode).
+
+        ``indices``: the last n stages if an int, all if None, else the listed stage indices.
+        Every stage has its own norm, so ``norm`` changes nothing and is accepted for the contract.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("MogaNet intermediates are NCHW only")
+        take, max_index = feature_take_indices(self.num_stages, indices)
+        last = max_index if (stop_early or intermediates_only) else self.num_stages - 1
+        intermediates = []
+        for i in range(last + 1):
+            x = self._run_stage(i, x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted one (and the head); returns the kept indices."""
+        take, max_index = feature_take_indices(self.num_stages, indices)
+        for i in range(max_index + 1, self.num_stages):
+            for name in (f"patch_embed{i + 1}", f"blocks{i + 1}", f"norm{i + 1}"):
+                delattr(self, name)
+        self.num_stages = max_index + 1
+        self.feature_info = self.feature_info[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Unwrap an official checkpoint (``state_dict`` / ``state_dict_ema`` / ``model``) and strip
+    ``module.`` / ``backbone.`` prefixes.  Keys are otherwise already ours."""
+    from .checkpoints import unwrap_state_dict
+
+    return unwrap_state_dict(state_dict)
+
+
+# --------------------------------------------------------------------------- pretrained cfgs
+_RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-in1k-weights/"
+
+
+def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed1.projection.0",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2211.03295",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "moganet_xtiny.in1k": _cfg(_RELEASE + "moganet_xtiny_sz224_8xbs128_ep300.pth.tar"),
+        "moganet_xtiny.in1k_256": _cfg(
+            _RELEASE + "moganet_xtiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+        ),
+        "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
+        "moganet_tiny.in1k_256": _cfg(
+            _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+        ),
+        "moganet_small.in1k": _cfg(_RELEASE + "moganet_small_sz224_8xbs128_ep300.pth.tar"),
+        "moganet_base.in1k": _cfg(_RELEASE + "moganet_base_sz224_8xbs128_ep300.pth.tar"),
+        "moganet_large.in1k": _cfg(_RELEASE + "moganet_large_sz224_8xbs64_ep300.pth.tar"),
+        "moganet_xlarge.in1k": _cfg(_RELEASE + "moganet_xlarge_sz224_8xbs64_ep300.pth.tar"),
+    }
+)
+
+
+def _create_moganet(variant: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    arch = variant.split("_", 1)[1]
+    settings = {k: v for k, v in ARCH_SETTINGS[arch].items() if k not in kwargs}
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    model = build_model_with_cfg(
+        MogaNet,
+        variant,
+        pretrained=False,  # weights are loaded below by our strict loader
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **settings,
+        **kwargs,
+    )
+    if pretrained:
+        from .checkpoints import load_pretrained
+
+        load_pretrained(model)
+    return model
+
+
+@register_model
+def moganet_xtiny(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_xtiny", pretrained, **kwargs)
+
+
+@register_model
+def moganet_tiny(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_tiny", pretrained, **kwargs)
+
+
+@register_model
+def moganet_small(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_small", pretrained, **kwargs)
+
+
+@register_model
+def moganet_base(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_base", pretrained, **kwargs)
+
+
+@register_model
+def moganet_large(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_large", pretrained, **kwargs)
+
+
+@register_model
+def moganet_xlarge(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    return _create_moganet("moganet_xlarge", pretrained, **kwargs)
+
+
+def _register_alias(alias: str, target: str) -> None:
+    """Register ``alias`` (e.g. ``moganet_s``) as an entry point building ``target``."""
+
+    def entry(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+        return _create_moganet(target, pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = alias
+    entry.__doc__ = f"Alias of ``{target}``."
+    register_model(entry)
+
+
+for _alias, _target in ALIASES.items():
+    _register_alias(_alias, _target)

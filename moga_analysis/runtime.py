@@ -1,0 +1,126 @@
+"""Device, dtype, randomness, progress and allocator helpers shared by every tool."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+import sys
+from typing import Iterable, Optional, TypeVar, Union
+
+import torch
+
+__all__ = [
+    "resolve_device",
+    "resolve_dtype",
+    "model_device",
+    "make_generator",
+    "progress",
+    "setup_logging",
+    "tune_malloc",
+    "environment_info",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float64": torch.float64, "fp64": torch.float64,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``auto``/None: CUDA if available, else CPU.  A CUDA request without CUDA is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}") from None
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a parameter-free module)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def make_generator(seed: Optional[int], device: Union[str, torch.device] = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` seeded explicitly (library code never seeds globally)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def progress(iterable: Iterable[T], enabled: bool = True, **kwargs) -> Iterable[T]:
+    """``tqdm.auto`` around ``iterable`` when ``enabled``, the iterable itself otherwise."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Logging for command-line tools: WARNING at -1, INFO at 0, DEBUG at 1 and above."""
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def tune_malloc(trim_threshold: int = 16 << 30) -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the OS.
+
+    Equivalent to starting Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<big>``.  Large
+    activation tensors are otherwise mmap'ed and unmapped on every forward pass, and on a small CPU
+    the page faults cost more than the arithmetic (see the README's benchmarks).  Returns whether
+    the settings were applied (only on Linux with glibc).
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1
+    except (OSError, AttributeError):
+        return False
+    if ok:
+        log.debug("glibc malloc tuned: mmap off, trim threshold %d", trim_threshold)
+    return ok
+
+
+def environment_info(device: Optional[torch.device] = None) -> dict:
+    """Versions and hardware, stored with every saved result."""
+    import timm
+
+    from . import __version__
+
+    info = {
+        "moga_analysis": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+    if device is not None:
+        info["device"] = str(device)
+        if torch.device(device).type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(device)
+    return info
