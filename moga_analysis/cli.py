@@ -1,0 +1,74 @@
+"""Shared command-line arguments and set-up for ``python -m moga_analysis.<tool>``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+__all__ = ["add_common_args", "add_model_args", "add_image_args", "setup_from_args", "images_from_args", "run_main"]
+
+log = logging.getLogger(__name__)
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str = "moganet_small") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model, help="timm model name (moganet_* registered by this package)")
+    g.add_argument("--checkpoint", default=None, help="local checkpoint file or URL (strict load)")
+    g.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more timm models to compare with")
+    g.add_argument("--random-weights", action="store_true", help="use random weights (no download)")
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("images")
+    g.add_argument("--images", default=None, help="folder of images (default: the photos shipped with the package)")
+    g.add_argument("--num-images", type=int, default=None, help="use at most this many images")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--batch-size", type=int, default=None, help="rows per forward pass")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="output folder")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's allocator settings alone")
+    g.add_argument("-v", "--verbose", action="count", default=0)
+    g.add_argument("-q", "--quiet", action="store_true")
+
+
+def setup_from_args(args: argparse.Namespace) -> None:
+    """Logging and allocator tuning from the common arguments."""
+    from .runtime import setup_logging, tune_malloc
+
+    setup_logging(-1 if args.quiet else args.verbose)
+    if not getattr(args, "no_tune_malloc", False):
+        tune_malloc()
+
+
+def images_from_args(args: argparse.Namespace) -> List[Path]:
+    """Image paths from ``--images`` / ``--num-images`` (the shipped photos by default)."""
+    from .data import list_images, sample_image_paths
+
+    paths = list_images(args.images) if args.images else sample_image_paths()
+    if args.num_images is not None:
+        paths = paths[: args.num_images]
+    return paths
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> None:
+    """Run a CLI ``main``; user errors become one message on stderr and exit status 2."""
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)
