@@ -84,7 +84,8 @@ class MogaNet(nn.Module):
         self.grad_checkpointing = False
         self.ablation_settings = dict(gate=gate, multi_order=multi_order, use_fd=use_fd, use_ca=use_ca)
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * j / max(n_blocks - 1, 1) for j in range(n_blocks)]  # linear decay rule
         self.feature_info: List[Dict[str, Any]] = []
         start = 0
         for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, ffn_ratios)):

@@ -1,0 +1,35 @@
+"""Shared fixtures: golden reference data from the official MogaNet code (../shared/reference)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import moga_analysis  # noqa: F401  (registers the models)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir():
+    candidates = [os.environ.get("MOGA_REFERENCE_DIR"), REPO.parent / "shared" / "reference", REPO / "shared" / "reference"]
+    for c in candidates:
+        if c and (Path(c) / "golden_io.safetensors").exists():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    d = _reference_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("golden reference data not found (expected ../shared/reference beside the repository)")
+        pytest.skip("golden reference data not found; set MOGA_REFERENCE_DIR")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
