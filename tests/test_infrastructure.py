@@ -1,0 +1,113 @@
+"""hooks, results, runtime and data helpers."""
+
+import dataclasses
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from moga_analysis import data, hooks
+from moga_analysis.results import SavableResult, load_tensors, save_tensors
+from moga_analysis.runtime import make_generator, resolve_device, resolve_dtype, tune_malloc
+
+
+@pytest.fixture(scope="module")
+def model():
+    return timm.create_model("moganet_xtiny").eval()
+
+
+def test_capture_and_patch_by_name_and_hooks_removed(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with hooks.capture(model, "blocks4.*.attn.tap_gate") as store:
+            model(x)
+        assert list(store) == ["blocks4.0.attn.tap_gate", "blocks4.1.attn.tap_gate"]
+        assert store["blocks4.0.attn.tap_gate"][0].shape == (1, 192, 2, 2)
+        with pytest.raises(RuntimeError, match="boom"):
+            with hooks.patch(model, {"blocks4.*.attn.tap_gate": torch.zeros_like}):
+                changed = model(x)
+                raise RuntimeError("boom")
+        assert not torch.allclose(changed, ref)
+        assert all(not m._forward_hooks for m in model.modules())
+        assert torch.equal(model(x), ref)
+
+
+def test_unknown_module_name_fails_loudly(model):
+    with pytest.raises(KeyError, match="no module"):
+        with hooks.capture(model, "blocks9.*.tap_gate"):
+            pass
+
+
+def test_results_roundtrip_and_atomic(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class R(SavableResult):
+        values: torch.Tensor
+        config: dict
+
+    r = R(torch.arange(6.0).reshape(2, 3), {"seed": 3, "model": "moganet_xtiny"})
+    path = r.save(tmp_path / "r.safetensors")
+    back = R.load(path)
+    assert torch.equal(back.values, r.values) and back.config == r.config
+    assert [p.name for p in tmp_path.iterdir()] == ["r.safetensors"]  # no temporary left behind
+    tensors, meta = load_tensors(save_tensors(tmp_path / "t.safetensors", {"a": torch.ones(2)}, {"k": [1, 2]}))
+    assert meta == {"k": [1, 2]} and torch.equal(tensors["a"], torch.ones(2))
+
+
+def test_runtime_helpers():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ValueError):
+        resolve_dtype("float7")
+    a = torch.rand(3, generator=make_generator(5))
+    assert torch.equal(a, torch.rand(3, generator=make_generator(5)))
+    assert isinstance(tune_malloc(), bool)
+
+
+def test_sample_images_and_preprocessing(model):
+    paths = data.sample_image_paths()
+    assert [p.stem for p in paths] == ["astronaut", "chelsea", "coffee", "rocket"]
+    x, kept, skipped = data.load_images(paths, model)
+    assert x.shape == (4, 3, 224, 224) and kept == paths and skipped == []
+    # ImageNet normalisation from the pretrained cfg: a mid-grey pixel maps near zero
+    assert -3 < float(x.mean()) < 3
+
+
+def test_unreadable_images_are_skipped_and_reported(tmp_path, model):
+    good = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (128, 64, 32)).save(good)
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    files = data.list_images(tmp_path)
+    x, kept, skipped = data.load_images(files, model, size=64)
+    assert x.shape == (1, 3, 64, 64) and kept == [good] and skipped[0][0].name == "b.jpg"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        data.list_images(empty)
+    with pytest.raises(FileNotFoundError):
+        data.list_images(tmp_path / "nowhere")
+
+
+def test_labeled_folder_layouts(tmp_path):
+    names = data.imagenet_class_names()
+    synsets = data.imagenet_synset_to_index()
+    assert len(names) == 1000 and synsets["n01440764"] == 0 and "tench" in names[0].lower()
+    for syn in ["n01440764", "n02123045"]:
+        (tmp_path / "syn" / syn).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "syn" / syn / "x.png")
+    ds = data.LabeledImageFolder(tmp_path / "syn", transform=lambda im: torch.zeros(1))
+    assert ds.labels == [0, synsets["n02123045"]]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for n in ["b.png", "a.png"]:
+        Image.new("RGB", (16, 16)).save(flat / n)
+    (tmp_path / "labels.txt").write_text("a.png 5\nb.png n01440764\n")
+    ds = data.LabeledImageFolder(flat, transform=lambda im: torch.zeros(1), labels_file=tmp_path / "labels.txt")
+    assert ds.labels == [5, 0]
+    assert data.LabeledImageFolder(flat, transform=lambda im: 0).labels == [-1, -1]
+
+
+def test_load_model_errors():
+    with pytest.raises(ValueError, match="unknown model"):
+        data.load_model("moganet_gigantic")
