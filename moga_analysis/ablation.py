@@ -406,7 +406,7 @@ def _batch_stats(logp: torch.Tensor, labels: torch.Tensor, ref_top1: torch.Tenso
             (top[:, 0] == ref_top1).sum().to(logp.dtype),
             kl,
         ]
-    ).double()
+    )
 
 
 def _chunk_stats(
@@ -422,7 +422,7 @@ def _chunk_stats(
 
     def run(spec: AblationSpec) -> torch.Tensor:
         with spec.context(model, calibration.get(spec.kind)), amp:
-            return model(x).float().log_softmax(dim=-1)
+            return model(x).double().log_softmax(dim=-1)  # metrics in float64 (tiny KLs)
 
     ref = run(FULL)
     ref_top1 = ref.argmax(dim=-1)
