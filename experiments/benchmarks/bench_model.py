@@ -1,0 +1,104 @@
+"""MogaNet forward speed: ours against the official implementation, side by side, and the CPU
+fast paths (glibc allocator tuning, channels_last).
+
+    python experiments/benchmarks/bench_model.py --official /path/to/MogaNet/models/moganet.py
+
+``--official`` points to the official ``models/moganet.py`` (github.com/Westlake-AI/MogaNet) or a
+copy of its model classes; it is imported from that path at run time and never shipped here.
+Without it only our own variants are timed.  Both models hold the same weights (checked: equal
+logits) and run in eval mode under ``torch.inference_mode`` with the same thread count; the rows
+are interleaved so that machine noise hits both alike.  Medians of ``--repeats`` timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+
+import torch
+
+import moga_analysis  # noqa: F401
+from moga_analysis.models import ARCH_SETTINGS, MogaNet
+from moga_analysis.runtime import tune_malloc
+
+
+def _official_class(path: str):
+    spec = importlib.util.spec_from_file_location("moganet_official_for_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    # the official file registers names in timm's registry; keep ours by restoring them after import
+    import timm.models._registry as reg
+
+    saved = dict(reg._model_entrypoints)
+    spec.loader.exec_module(mod)
+    reg._model_entrypoints.update(saved)
+    return mod.MogaNet
+
+
+def _build_official(cls, variant: str):
+    s = ARCH_SETTINGS[variant]
+    try:  # the upstream class takes an ``arch`` name
+        return cls(arch={"xtiny": "x-tiny"}.get(variant, variant))
+    except (TypeError, AssertionError):
+        return cls(embed_dims=list(s["embed_dims"]), depths=list(s["depths"]), ffn_ratios=list(s["ffn_ratios"]))
+
+
+def _time(fn, x, warmup: int, repeats: int):
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=["xtiny", "tiny", "small"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--official", default=None, help="path to the official models/moganet.py")
+    p.add_argument("--no-tune-malloc", action="store_true")
+    args = p.parse_args(argv)
+
+    tuned = False if args.no_tune_malloc else tune_malloc()
+    official = _official_class(args.official) if args.official else None
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"{args.size}px, malloc tuned: {tuned}, median of {args.repeats}")
+    print()
+    print("| variant | ours (img/s) | ours channels_last (img/s) | official (img/s) | ours / official |")
+    print("|---|---|---|---|---|")
+    x = torch.randn(args.batch_size, 3, args.size, args.size)
+    for variant in args.variants:
+        ours = MogaNet(**ARCH_SETTINGS[variant]).eval()
+        ours_cl = MogaNet(**ARCH_SETTINGS[variant]).eval().to(memory_format=torch.channels_last)
+        ours_cl.load_state_dict(ours.state_dict())
+        runs = {"ours": (ours, x), "ours_cl": (ours_cl, x.contiguous(memory_format=torch.channels_last))}
+        if official is not None:
+            off = _build_official(official, variant).eval()
+            off.load_state_dict(ours.state_dict(), strict=True)
+            with torch.inference_mode():
+                diff = (off(x[:2]) - ours(x[:2])).abs().max().item()
+            if diff > 1e-4:
+                sys.exit(f"official and ours disagree on {variant}: max |diff| {diff:.2e}")
+            runs["official"] = (off, x)
+        times = {k: [] for k in runs}
+        for _ in range(args.repeats):  # interleave: noise hits every row alike
+            for k, (m, inp) in runs.items():
+                times[k] += _time(m, inp, args.warmup if not times[k] else 0, 1)
+        ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
+        off_ips = ips.get("official")
+        ratio = f"{max(ips['ours'], ips['ours_cl']) / off_ips:.2f}x" if off_ips else "n/a"
+        off_s = f"{off_ips:.1f}" if off_ips else "n/a"
+        print(f"| moganet_{variant} | {ips['ours']:.1f} | {ips['ours_cl']:.1f} | {off_s} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
