@@ -104,10 +104,15 @@ def default_layer(model: nn.Module) -> str:
     if hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens") and isinstance(model.blocks, nn.Sequential):
         last = len(model.blocks) - 1
         return f"blocks.{last}.norm1" if f"blocks.{last}.norm1" in names else f"blocks.{last}"
+    if "conv_head" in names and "bn2" in names:  # timm EfficientNet / MobileNet: last 1x1 conv + BN-act
+        return "bn2"
     if "stages" in names:
         return f"stages.{len(model.stages) - 1}"
     if "layer4" in names:
         return "layer4"
+    info = getattr(model, "feature_info", None)  # timm's last feature module, when it has one
+    if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("module") in names:
+        return info[-1]["module"]
     # fall back: the last module producing a 4-D map is not knowable without a pass; ask the user
     raise ValueError(
         f"no default Grad-CAM layer for {type(model).__name__}; pass layer='<module name>' "
