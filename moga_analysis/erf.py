@@ -206,7 +206,6 @@ def effective_receptive_field(
             msg = (f"ERF of {type(model).__name__} with random weights ({why}): layer scale and zero-init "
                    "make random-weight ERFs collapse to a point; load trained weights")
             warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
-            log.warning(msg)
     name, module = _resolve(model, layer)
     dev = model_device(model)
     total: Optional[torch.Tensor] = None

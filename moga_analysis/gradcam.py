@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import resolve_modules
+from .results import SavableResult
 
 __all__ = [
     "CAMResult",
@@ -55,8 +56,8 @@ LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 
 # ----------------------------------------------------------------------------------------- result
 @dataclasses.dataclass(frozen=True)
-class CAMResult:
-    """Grad-CAM maps of one batch.
+class CAMResult(SavableResult):
+    """Grad-CAM maps of one batch (``.save(path)`` / ``CAMResult.load(path)``).
 
     ``raw``: signed map at the layer's resolution ``[B, h, w]`` (sum_k alpha_k A_k, no ReLU, no scaling).
     ``maps``: ``ReLU(raw)`` upsampled bilinearly to the input size and divided by its per-image maximum,

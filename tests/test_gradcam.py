@@ -85,7 +85,9 @@ def test_target_none_is_predicted_class_and_batch_split_invariant():
     torch.manual_seed(1)
     model = SmallCNN().eval()
     x = torch.randn(5, 3, 16, 16)
+    x0 = x.clone()
     res = grad_cam(model, x, layer="conv3")
+    assert torch.equal(x, x0) and not x.requires_grad, "input not mutated"
     pred = model(x).argmax(1)
     assert res.targets.tolist() == pred.tolist()
     res1 = grad_cam(model, x, layer="conv3", batch_size=2)
@@ -205,3 +207,14 @@ def test_hooks_removed_and_grad_flags_restored_after_exception(layout):
         grad_cam(model, torch.randn(2, 3, 16, 16), target=0, layer="conv3", layout=layout)
     assert _no_hooks(model)
     assert not model.conv1.weight.requires_grad and model.conv2.weight.requires_grad
+
+
+def test_cam_result_save_load_roundtrip(tmp_path):
+    from moga_analysis.gradcam import CAMResult
+
+    torch.manual_seed(5)
+    model = SmallCNN().eval()
+    res = grad_cam(model, torch.randn(2, 3, 16, 16), layer="conv3", target=[1, 4])
+    back = CAMResult.load(res.save(tmp_path / "cam.safetensors"))
+    assert torch.equal(back.raw, res.raw) and torch.equal(back.maps, res.maps)
+    assert back.targets.tolist() == [1, 4] and back.layer == "conv3" and back.layout == res.layout
