@@ -269,21 +269,34 @@ def ablate(
     elif calibration is not None:
         raise ValueError("calibration is only used with mode='mean'")
 
+    with _hooks(_hook_plan(sel, kind, means)):
+        yield model
+
+
+def _hook_plan(sel: Mapping[str, MogaBlock], kind: str, means: Optional[Mapping[str, torch.Tensor]]):
+    """``[(module, forward hook)]`` that ablate ``kind`` in the blocks ``sel``."""
+    plan: List[Tuple[nn.Module, Callable]] = []
+    for name, blk in sel.items():
+        if kind in _MEAN_KINDS:
+            tap = blk.attn.tap_gate if kind == "gate" else blk.attn.tap_context
+            plan.append((tap, _ones_hook if means is None else _const_like(means[name])))
+        elif kind == "single_order":
+            plan.append((blk.attn.value.DW_conv1, _passthrough_hook))
+            plan.append((blk.attn.value.DW_conv2, _passthrough_hook))
+        elif kind == "fd":
+            plan.append((blk.attn.sigma, _zeros_hook))
+        else:  # ca
+            plan.append((blk.mlp.sigma, _zeros_hook))
+    return plan
+
+
+@contextlib.contextmanager
+def _hooks(plan: Sequence[Tuple[nn.Module, Callable]]) -> Iterator[None]:
     handles = []
     try:
-        for name, blk in sel.items():
-            if kind in _MEAN_KINDS:
-                tap = blk.attn.tap_gate if kind == "gate" else blk.attn.tap_context
-                hook = _ones_hook if means is None else _const_like(means[name])
-                handles.append(tap.register_forward_hook(hook))
-            elif kind == "single_order":
-                handles.append(blk.attn.value.DW_conv1.register_forward_hook(_passthrough_hook))
-                handles.append(blk.attn.value.DW_conv2.register_forward_hook(_passthrough_hook))
-            elif kind == "fd":
-                handles.append(blk.attn.sigma.register_forward_hook(_zeros_hook))
-            else:  # ca
-                handles.append(blk.mlp.sigma.register_forward_hook(_zeros_hook))
-        yield model
+        for mod, fn in plan:
+            handles.append(mod.register_forward_hook(fn))
+        yield
     finally:
         for h in reversed(handles):
             h.remove()
@@ -308,6 +321,19 @@ class AblationSpec:
             return "none"
         mode = "" if self.mode == "zero" else f"[{self.mode}]"
         return f"{self.kind}{mode}@{self.stages_label}"
+
+    def plan(self, model: nn.Module, calibration: Any = None) -> List[Tuple[nn.Module, Callable]]:
+        """The hooks of this ablation, resolved once (for sweeps that switch configs per batch)."""
+        if self.kind == "none":
+            return []
+        _validate(self.kind, self.mode)
+        sel = _selected(model, self.kind, self.stages)
+        means = None
+        if self.mode == "mean":
+            if not isinstance(calibration, Mapping) or any(n not in calibration for n in sel):
+                raise ValueError(f"{self.name} needs the calibration means of calibrate() for its blocks")
+            means = calibration
+        return _hook_plan(sel, self.kind, means)
 
     def context(self, model: nn.Module, calibration: Any = None):
         if self.kind == "none":
@@ -413,20 +439,20 @@ def _chunk_stats(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    specs: Sequence[AblationSpec],
-    calibration: Mapping[str, Any],
+    plans: Sequence[Sequence[Tuple[nn.Module, Callable]]],
     amp_dtype: Optional[torch.dtype],
 ) -> torch.Tensor:
-    """Stats rows for every spec on one chunk; the full model's logits are the reference."""
+    """Stats rows for every hook plan on one chunk (an empty plan is the full model, which is
+    also the reference for agreement and KL)."""
     amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
-    def run(spec: AblationSpec) -> torch.Tensor:
-        with spec.context(model, calibration.get(spec.kind)), amp:
+    def run(plan) -> torch.Tensor:
+        with _hooks(plan), amp:
             return model(x).double().log_softmax(dim=-1)  # metrics in float64 (tiny KLs)
 
-    ref = run(FULL)
+    ref = run([])
     ref_top1 = ref.argmax(dim=-1)
-    rows = [ref if s.kind == "none" else run(s) for s in specs]
+    rows = [ref if not plan else run(plan) for plan in plans]
     return torch.stack([_batch_stats(lp, y, ref_top1, ref) for lp in rows])
 
 
@@ -470,6 +496,7 @@ def evaluate_ablations(
     for s in specs:
         if s.mode == "mean" and s.kind not in calibration:
             raise ValueError(f"{s.name} needs calibration means for {s.kind!r} (see calibrate())")
+    plans = [s.plan(model, calibration.get(s.kind)) for s in specs]
     acc = torch.zeros(len(specs), len(_STAT_COLUMNS), dtype=torch.float64, device=device)
     if initial is not None:
         acc += initial.to(device=device, dtype=torch.float64)
@@ -494,7 +521,7 @@ def evaluate_ablations(
                 while i < b:
                     oom = False
                     try:
-                        stats = _chunk_stats(model, x[i : i + step], y[i : i + step], specs, calibration, amp_dtype)
+                        stats = _chunk_stats(model, x[i : i + step], y[i : i + step], plans, amp_dtype)
                     except (RuntimeError, torch.OutOfMemoryError) as err:
                         if not _is_oom(err) or step == 1:
                             raise
@@ -588,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--erf", action="store_true", help="ERF area ratios (moga_analysis.erf)")
     x.add_argument("--gradcam", action="store_true", help="Grad-CAM deletion faithfulness (moga_analysis.gradcam)")
     x.add_argument("--analysis-images", type=int, default=4, help="images for the optional analyses")
+    x.add_argument("--interaction-grid", type=int, default=8, help="players: grid x grid cells")
+    x.add_argument("--interaction-pairs", type=int, default=8)
+    x.add_argument("--interaction-contexts", type=int, default=16, help="sampled contexts per order and pair")
+    x.add_argument("--faithfulness-steps", type=int, default=20, help="deletion/insertion steps")
     add_common_args(p)
     return p
 
@@ -682,7 +713,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     calibration: Dict[str, Dict[str, torch.Tensor]] = {}
     t0 = time.perf_counter()
-    mean_kinds = sorted({s.kind for s in pending if s.mode == "mean"})
+    analyses = args.interactions or args.erf or args.gradcam
+    mean_kinds = sorted({s.kind for s in (specs if analyses else pending) if s.mode == "mean"})
     if mean_kinds:
         cal_loader = loader_for(indices[: max(1, min(args.calibration_images, n))])
         cal_batches = [b[0] for b in cal_loader]
@@ -766,28 +798,76 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _optional_analyses(args, model, dataset, indices, specs, calibration, out) -> Dict[str, Any]:
-    """``--interactions/--erf/--gradcam``: run the other modules on each ablated model, if present."""
+    """``--interactions/--erf/--gradcam``: each ablated model through the other modules.
+
+    Run on the first ``--analysis-images`` images of the evaluated subset; the explained class is
+    the full model's prediction for every spec, so the numbers compare like with like.
+    """
     wanted = [k for k in ("interactions", "erf", "gradcam") if getattr(args, k)]
     if not wanted:
         return {}
     import importlib
 
-    results: Dict[str, Any] = {}
-    images = torch.stack([dataset[i][0] for i in indices[: args.analysis_images]])
+    from .runtime import model_device
+
     for name in wanted:
         try:
-            mod = importlib.import_module(f"moga_analysis.{name}")
+            importlib.import_module(f"moga_analysis.{name}")
         except ImportError as err:
             raise RuntimeError(f"--{name} needs moga_analysis.{name}, which is not available: {err}") from err
-        fn = getattr(mod, "ablation_summary", None)
-        if fn is None:
-            raise RuntimeError(f"moga_analysis.{name} has no ablation_summary(model, images) to call for --{name}")
-        per = {}
-        for spec in specs:
-            with spec.context(model, calibration.get(spec.kind)):
-                per[spec.name] = fn(model, images)
-        results[name] = per
+    device = model_device(model)
+    images = torch.stack([dataset[i][0] for i in indices[: args.analysis_images]]).to(device)
+    with _eval_mode(model), torch.no_grad():
+        targets = model(images).argmax(-1)
+    results: Dict[str, Any] = {k: {} for k in wanted}
+    for spec in specs:
+        log.info("analyses of %s", spec.name)
+        with spec.context(model, calibration.get(spec.kind)):
+            if "erf" in wanted:
+                from .erf import effective_receptive_field
+
+                erf = effective_receptive_field(model, images, batch_size=args.batch_size, warn_random=False)
+                results["erf"][spec.name] = {str(t): v for t, v in erf.area_ratio().items()}
+            if "gradcam" in wanted:
+                from .faithfulness import faithfulness_metrics
+                from .gradcam import grad_cam
+
+                cam = grad_cam(model, images, target=targets)
+                fm = faithfulness_metrics(model, images, cam.maps, targets, steps=args.faithfulness_steps)
+                results["gradcam"][spec.name] = fm.summary()
+            if "interactions" in wanted:
+                results["interactions"][spec.name] = _interaction_curve(model, images, targets, args)
+    if "interactions" in wanted:
+        try:
+            from .plotting.ablation import plot_interaction_curves
+            from .plotting.style import paper_style, save_figure
+
+            with paper_style():
+                fig, _ = plot_interaction_curves(results["interactions"])
+                save_figure(fig, out / "ablation_interactions")
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)
+        except ValueError as err:
+            log.warning("no interaction figure: %s", err)
     return results
+
+
+def _interaction_curve(model, images, targets, args) -> Dict[str, Any]:
+    """J^(m) of the (ablated) model over ``images`` (sampled estimator, shared contexts)."""
+    from .games import ImageMaskingGame
+    from .interactions import estimate_interactions, orders_from_ratios, reference_pairs, relative_strength
+
+    grid = args.interaction_grid
+    n = grid * grid
+    orders = orders_from_ratios((0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0), n)
+    pairs = reference_pairs(grid, args.interaction_pairs, generator=torch.Generator().manual_seed(args.seed))
+    per_image = []
+    for img, t in zip(images, targets.tolist()):
+        game = ImageMaskingGame(model, img, target=int(t), grid=grid, batch_size=args.batch_size or 64)
+        per_image.append(estimate_interactions(game, n, pairs, orders, args.interaction_contexts, seed=args.seed))
+    J = relative_strength(per_image)
+    return {"orders": list(orders), "n_players": n, "ratios": [m / (n - 2) for m in orders], "J": J.tolist()}
 
 
 if __name__ == "__main__":  # pragma: no cover

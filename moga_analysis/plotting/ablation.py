@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["plot_accuracy_drop", "ablation_matrix"]
+__all__ = ["plot_accuracy_drop", "ablation_matrix", "plot_interaction_curves"]
 
 _LABELS = {
     "top1_drop": "top-1 drop (points)",
@@ -88,4 +88,32 @@ def plot_accuracy_drop(
     ax.axhline(0.0, color="0.3", linewidth=0.5)
     if len(stages) > 1:
         ax.legend(ncol=min(len(stages), 5), loc="upper left", bbox_to_anchor=(0, 1.18))
+    return fig, ax
+
+
+def plot_interaction_curves(curves: Mapping[str, Mapping[str, Any]], ax=None, full: str = "none"):
+    """J^(m) against m/n of each ablated model over the full model's (``full``, drawn in black).
+
+    ``curves``: ``{spec name: {"ratios": [...], "J": [...]}}`` as the runner stores them.
+    """
+    import matplotlib.pyplot as plt
+
+    from .style import PALETTE
+
+    if not curves:
+        raise ValueError("no interaction curves to plot")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3.4, 2.3))
+    else:
+        fig = ax.figure
+    k = 0
+    for name, c in curves.items():
+        if name == full:
+            ax.plot(c["ratios"], c["J"], color="black", linewidth=1.6, marker="o", label="full model", zorder=3)
+        else:
+            ax.plot(c["ratios"], c["J"], color=PALETTE[k % (len(PALETTE) - 1)], marker=".", label=name)
+            k += 1
+    ax.set_xlabel("interaction order m / n")
+    ax.set_ylabel("relative strength $J^{(m)}$")
+    ax.legend(fontsize=6, ncol=2)
     return fig, ax
