@@ -557,7 +557,11 @@ def run_model(name: str, args, settings: Dict[str, Any], paths: List[Path], labe
 
     device = _rank_device(args.device, world)
     checkpoint = args.checkpoint if name == args.model else None
-    model = load_model(name, checkpoint=checkpoint, device=device, pretrained=False if args.random_weights else None)
+    # random weights (if any) are drawn from a generator seeded with --seed: reruns, resumed runs and
+    # every rank of a distributed run see the same network
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(args.seed))
+        model = load_model(name, checkpoint=checkpoint, device=device, pretrained=False if args.random_weights else None)
     model = model.to(resolve_dtype(args.dtype))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

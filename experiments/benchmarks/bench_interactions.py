@@ -1,0 +1,121 @@
+"""Benchmark of the interaction engine; prints a markdown table.
+
+1. Masked-evaluation overhead: ImageMaskingGame(masks) vs plain batched inference on the same
+   number of rows (same model, batch size, device).
+2. Evaluations per pair-sample of the two estimators for the reference protocol (counted).
+3. Shared vs independent at equal RMSE of I^(m)(i,j) on a real network: both estimators draw
+   i.i.d. second differences of the same distribution per pair, so the variance of each estimate
+   is stderr^2 (calibrated in tests/test_interactions.py); the evaluation ratio at equal RMSE is
+   (evals_ind * mean stderr_ind^2) / (evals_sh * mean stderr_sh^2), measured from one run each.
+
+    python experiments/benchmarks/bench_interactions.py --checkpoint /work/shared/reference/moganet_xtiny_seed0.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def timed(fn, reps):
+    fn()  # warm-up
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t.append(time.perf_counter() - t0)
+    t.sort()
+    return t[len(t) // 2]
+
+
+def main(argv=None):
+    import moga_analysis  # noqa: F401
+    from moga_analysis.data import load_images, load_model, sample_image_paths
+    from moga_analysis.games import ImageMaskingGame
+    from moga_analysis.interactions import (REFERENCE_RATIOS, estimate_interactions, orders_from_ratios,
+                                            reference_pairs)
+    from moga_analysis.runtime import environment_info, resolve_device, tune_malloc
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="moganet_xtiny")
+    p.add_argument("--checkpoint", default="/work/shared/reference/moganet_xtiny_seed0.safetensors")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=224, help="input size for the overhead measurement")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rmse-size", type=int, default=112, help="input size for the equal-RMSE measurement")
+    p.add_argument("--rmse-pairs", type=int, default=12)
+    p.add_argument("--rmse-contexts", type=int, default=6)
+    args = p.parse_args(argv)
+    tune_malloc()
+    dev = resolve_device(args.device)
+    model = load_model(args.model, checkpoint=args.checkpoint, device=dev)
+    rows = [("setting", "value")]
+    img, _, _ = load_images(sample_image_paths()[:1], model, size=args.size)
+    image = img[0]
+    k = args.batch_size * args.batches
+    masks = torch.rand(k, 196, generator=torch.Generator().manual_seed(0)) < 0.5
+    game = ImageMaskingGame(model, image, grid=14, batch_size=args.batch_size)
+    x = image.to(dev)[None].expand(args.batch_size, -1, -1, -1).contiguous()
+
+    def plain():
+        with torch.inference_mode():
+            for _ in range(args.batches):
+                model(x).float().sum()
+
+    t_plain = timed(plain, args.reps)
+    t_game = timed(lambda: game(masks), args.reps)
+    rows += [
+        (f"plain inference, {k} rows @ {args.size}px (s)", f"{t_plain:.3f}  ({k / t_plain:.1f} img/s)"),
+        (f"masked game, {k} rows @ {args.size}px (s)", f"{t_game:.3f}  ({k / t_game:.1f} img/s)"),
+        ("masked / plain time", f"{t_game / t_plain:.3f}"),
+    ]
+
+    # 2. counted evaluations, reference protocol (50 pairs, 50 contexts, 13 ratios), no network
+    n = 196
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    pairs = reference_pairs(14, 50, generator=torch.Generator().manual_seed(0))
+    zero = lambda m: torch.zeros(m.shape[0], dtype=torch.float64)
+    ev = {m: estimate_interactions(zero, n, pairs, orders, 50, method=m, seed=0).n_evaluations
+          for m in ("independent", "shared")}
+    rows += [
+        ("evaluations / image, independent (reference protocol)", f"{ev['independent']}"),
+        ("evaluations / image, shared", f"{ev['shared']}"),
+        ("independent / shared evaluations (same samples per pair)", f"{ev['independent'] / ev['shared']:.2f}"),
+    ]
+
+    # 3. equal RMSE on the real network at a smaller input
+    img, _, _ = load_images(sample_image_paths()[:1], model, size=args.rmse_size)
+    game = ImageMaskingGame(model, img[0], grid=14, batch_size=args.batch_size)
+    pairs = reference_pairs(14, args.rmse_pairs, generator=torch.Generator().manual_seed(1))
+    res = {}
+    for m in ("independent", "shared"):
+        t0 = time.perf_counter()
+        r = estimate_interactions(game, n, pairs, orders, args.rmse_contexts, method=m, seed=1)
+        res[m] = (r, time.perf_counter() - t0)
+    ri, rs = res["independent"][0], res["shared"][0]
+    vi = (ri.stderr[1:-1] ** 2).mean()
+    vs = (rs.stderr[1:-1] ** 2).mean()
+    ratio = (ri.n_evaluations * vi) / (rs.n_evaluations * vs)
+    rows += [
+        (f"real net @ {args.rmse_size}px: independent evals / time (s)", f"{ri.n_evaluations} / {res['independent'][1]:.1f}"),
+        (f"real net @ {args.rmse_size}px: shared evals / time (s)", f"{rs.n_evaluations} / {res['shared'][1]:.1f}"),
+        ("mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"),
+        ("evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"),
+    ]
+    info = environment_info(dev)
+    print(f"model {args.model} ({args.checkpoint}), device {dev}, threads {info['threads']}, torch {info['torch']}")
+    w = max(len(a) for a, _ in rows)
+    print(f"| {'setting'.ljust(w)} | value |")
+    print(f"|{'-' * (w + 2)}|-------|")
+    for a, b in rows[1:]:
+        print(f"| {a.ljust(w)} | {b} |")
+
+
+if __name__ == "__main__":
+    main()

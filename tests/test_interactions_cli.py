@@ -1,0 +1,112 @@
+"""The interactions CLI on a small MogaNet at 64 px: outputs, resume, errors, two-process gloo run."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moga_analysis.data import sample_image_paths
+from moga_analysis.interactions import InteractionResult, main
+from moga_analysis.results import load_tensors
+
+SMALL = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "64", "--grid", "4", "--pairs", "3",
+         "--contexts", "2", "--ratios", "0", "0.5", "1", "--no-progress", "--bootstrap", "20", "-q"]
+
+
+def run(*extra):
+    return main([*SMALL, *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert run("--num-images", 3, "--out", out, "--protocol", "efficient") == 0
+    return out
+
+
+def test_outputs(full_run):
+    tensors, meta = load_tensors(full_run / "interactions_moganet_xtiny.safetensors")
+    assert tensors["values"].shape == (3, 3, 3)  # images, orders (0, 7, 14), pairs
+    assert tensors["orders"].tolist() == [0, 7, 14]
+    assert tensors["stderr"][:, [0, 2]].abs().max() == 0  # endpoints exact
+    assert (tensors["stderr"][:, 1] > 0).any()
+    assert tensors["J_evaluated"].mean().item() == pytest.approx(1.0)
+    assert meta["settings"]["method"] == "shared" and meta["settings"]["grid"] == 4
+    assert len(meta["images"]) == 3 and meta["skipped"] == []
+    assert "torch" in meta["environment"]
+    assert (full_run / "interactions_J.png").stat().st_size > 1000
+    assert (full_run / "interactions_J.pdf").exists()
+    r = InteractionResult.load(full_run / "moganet_xtiny" / "img_00001.safetensors")
+    assert r.values.shape == (3, 3) and r.metadata["config"]["index"] == 1
+
+
+def test_resume_is_bit_identical(full_run, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(full_run / "moganet_xtiny", out / "moganet_xtiny")
+    # a run killed after image 0: images 1 and 2 never written, a stray temp file left behind
+    (out / "moganet_xtiny" / "img_00001.safetensors").unlink()
+    (out / "moganet_xtiny" / "img_00002.safetensors").unlink()
+    (out / "moganet_xtiny" / ".img_00001.safetensors.xyz.tmp").write_bytes(b"partial")
+    first = out / "moganet_xtiny" / "img_00000.safetensors"
+    stamp = first.stat().st_mtime_ns
+    assert run("--num-images", 3, "--out", out, "--protocol", "efficient", "--resume") == 0
+    assert first.stat().st_mtime_ns == stamp  # not recomputed
+    a, ma = load_tensors(full_run / "interactions_moganet_xtiny.safetensors")
+    b, mb = load_tensors(out / "interactions_moganet_xtiny.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for f in ("img_00001.safetensors", "img_00002.safetensors"):
+        assert (full_run / "moganet_xtiny" / f).read_bytes() == (out / "moganet_xtiny" / f).read_bytes()
+    # resuming with other settings is refused
+    with pytest.raises(ValueError, match="other settings"):
+        run("--num-images", 3, "--out", out, "--protocol", "efficient", "--resume", "--seed", "5")
+
+
+def test_unreadable_file_skipped_and_recorded(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(sample_image_paths()[0], folder / "a.jpg")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    assert run("--images", folder, "--out", tmp_path / "o", "--no-figure") == 0
+    t, meta = load_tensors(tmp_path / "o" / "interactions_moganet_xtiny.safetensors")
+    assert t["values"].shape[0] == 1
+    assert [Path(p).name for p, _ in meta["skipped"]] == ["b.jpg"]
+
+
+def test_user_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not divide"):
+        run("--grid", 5, "--num-images", 1, "--out", tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["--model", "no_such_net", "--out", str(tmp_path / "b"), "-q"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        run("--images", tmp_path / "empty", "--out", tmp_path / "c")
+    with pytest.raises(FileNotFoundError):
+        run("--images", tmp_path / "missing", "--out", tmp_path / "d")
+
+
+def test_bad_grid_exits_nonzero(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "moga_analysis.interactions", *SMALL, "--grid", "5", "--num-images", "1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "does not divide" in p.stderr
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process(full_run, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "moga_analysis.interactions", *SMALL, "--num-images", "3", "--out", str(out), "--protocol",
+           "efficient", "--device", "cpu"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, _ = load_tensors(full_run / "interactions_moganet_xtiny.safetensors")
+    b, _ = load_tensors(out / "interactions_moganet_xtiny.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
