@@ -116,7 +116,9 @@ class ImageMaskingGame:
             try:
                 return torch.broadcast_to(b, img.shape).clone()
             except RuntimeError:
-                raise ValueError(f"baseline tensor of shape {list(b.shape)} does not fit image {list(img.shape)}") from None
+                raise ValueError(
+                    f"baseline tensor of shape {list(b.shape)} does not fit image {list(img.shape)}"
+                ) from None
         if baseline == "mean":
             return torch.zeros_like(img)
         if baseline == "zero":
@@ -133,8 +135,12 @@ class ImageMaskingGame:
             k = (k / k.sum()).to(img.device, img.dtype)
             C = img.shape[0]
             y = img[None]
-            y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C)
-            y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C)
+            y = F.conv2d(
+                F.pad(y, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C
+            )
+            y = F.conv2d(
+                F.pad(y, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C
+            )
             return y[0]
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES} or pass a tensor")
 
@@ -164,7 +170,7 @@ class ImageMaskingGame:
             return z[:, y]
         if self.output == "log_prob":
             return z[:, y] - torch.logsumexp(z, dim=1)
-        others = torch.cat([z[:, :y], z[:, y + 1:]], dim=1)
+        others = torch.cat([z[:, :y], z[:, y + 1 :]], dim=1)
         return z[:, y] - torch.logsumexp(others, dim=1)
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
@@ -176,7 +182,7 @@ class ImageMaskingGame:
         out = []
         masks = masks.to(self.device)
         for start in range(0, masks.shape[0], self.batch_size):
-            chunk = masks[start:start + self.batch_size]
+            chunk = masks[start : start + self.batch_size]
             with torch.inference_mode():
                 out.append(self.reduce(self._forward(self.masked_images(chunk))))
         self.n_evaluations += masks.shape[0]
@@ -185,8 +191,10 @@ class ImageMaskingGame:
         return torch.cat(out).to("cpu", torch.float64)
 
     def __repr__(self) -> str:
-        return (f"ImageMaskingGame(grid={self.grid}, n_players={self.n_players}, target={self.target}, "
-                f"output={self.output!r}, batch_size={self.batch_size}, device={self.device})")
+        return (
+            f"ImageMaskingGame(grid={self.grid}, n_players={self.n_players}, target={self.target}, "
+            f"output={self.output!r}, batch_size={self.batch_size}, device={self.device})"
+        )
 
 
 class HarsanyiGame:
@@ -197,8 +205,13 @@ class HarsanyiGame:
     standard deviation to every evaluation (from ``generator``), for testing noisy estimators.
     """
 
-    def __init__(self, coalitions: torch.Tensor, dividends: torch.Tensor, noise: float = 0.0,
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        coalitions: torch.Tensor,
+        dividends: torch.Tensor,
+        noise: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ):
         self.coalitions = torch.as_tensor(coalitions, dtype=torch.bool)
         self.dividends = torch.as_tensor(dividends, dtype=torch.float64)
         if self.coalitions.dim() != 2 or self.coalitions.shape[0] != self.dividends.shape[0]:
@@ -210,8 +223,15 @@ class HarsanyiGame:
         self.n_evaluations = 0
 
     @classmethod
-    def random(cls, n_players: int, n_terms: int, max_size: int = 4, seed: int = 0,
-               must_include: Sequence[Sequence[int]] = (), scale: float = 1.0) -> "HarsanyiGame":
+    def random(
+        cls,
+        n_players: int,
+        n_terms: int,
+        max_size: int = 4,
+        seed: int = 0,
+        must_include: Sequence[Sequence[int]] = (),
+        scale: float = 1.0,
+    ) -> "HarsanyiGame":
         """Random dividends ~ N(0, scale^2) on ``n_terms`` random coalitions of size 1..max_size.
 
         ``must_include``: player tuples (e.g. the pairs under test) from which extra coalitions

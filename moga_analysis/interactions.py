@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -100,7 +100,7 @@ class InteractionResult(SavableResult):
         return (self.half_values[0] * self.half_values[1]).mean(1)
 
     def mean_square_raw(self) -> torch.Tensor:
-        return (self.values ** 2).mean(1)
+        return (self.values**2).mean(1)
 
 
 def _check_pairs(pairs, n_players: int) -> torch.Tensor:
@@ -115,43 +115,50 @@ def _check_pairs(pairs, n_players: int) -> torch.Tensor:
 
 
 def _check_orders(orders, n_players: int) -> torch.Tensor:
-    orders = torch.as_tensor(list(orders) if not isinstance(orders, torch.Tensor) else orders, dtype=torch.long).flatten()
+    orders = torch.as_tensor(
+        list(orders) if not isinstance(orders, torch.Tensor) else orders, dtype=torch.long
+    ).flatten()
     if len(orders) == 0 or (orders < 0).any() or (orders > n_players - 2).any():
         raise ValueError(f"orders must lie in [0, {n_players - 2}], got {orders.tolist()}")
     return orders
 
 
-def _evaluate(game: Game, masks: torch.Tensor, batch_size: Optional[int], show_progress: bool, desc: str) -> torch.Tensor:
+def _evaluate(
+    game: Game, masks: torch.Tensor, batch_size: Optional[int], show_progress: bool, desc: str
+) -> torch.Tensor:
     """Game values of ``masks`` in chunks of ``batch_size`` rows (float64, CPU); NaN is an error."""
     k = masks.shape[0]
     step = k if not batch_size else int(batch_size)
     starts = range(0, k, max(step, 1))
     out = []
     for s in _progress(starts, enabled=show_progress and len(starts) > 1, desc=desc, leave=False, unit="batch"):
-        v = torch.as_tensor(game(masks[s:s + step])).detach().to("cpu", torch.float64).flatten()
+        v = torch.as_tensor(game(masks[s : s + step])).detach().to("cpu", torch.float64).flatten()
         if v.shape[0] != min(step, k - s):
             raise ValueError(f"the game returned {v.shape[0]} values for {min(step, k - s)} masks")
         out.append(v)
     v = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
     bad = ~torch.isfinite(v)
     if bad.any():
-        raise ValueError(f"the game returned {int(bad.sum())} non-finite values (NaN/inf) out of {k}; "
-                         f"check the model's dtype and inputs")
+        raise ValueError(
+            f"the game returned {int(bad.sum())} non-finite values (NaN/inf) out of {k}; "
+            f"check the model's dtype and inputs"
+        )
     return v
 
 
 # ----------------------------------------------------------------------------------------------
 # exact
 # ----------------------------------------------------------------------------------------------
-def exact_interactions(game: Game, n_players: int, pairs, orders=None, *, batch_size: Optional[int] = 4096,
-                       max_players: int = 22) -> InteractionResult:
+def exact_interactions(
+    game: Game, n_players: int, pairs, orders=None, *, batch_size: Optional[int] = 4096, max_players: int = 22
+) -> InteractionResult:
     """I^(m)(i,j) by enumerating all 2^n coalitions (one evaluation each); ``orders=None``: 0..n-2."""
     n = int(n_players)
     if n > max_players:
         raise ValueError(f"exact enumeration needs 2^{n} evaluations; n_players must be <= {max_players}")
     pairs = _check_pairs(pairs, n)
     orders = _check_orders(range(n - 1) if orders is None else orders, n)
-    codes = torch.arange(2 ** n, dtype=torch.long)
+    codes = torch.arange(2**n, dtype=torch.long)
     bits = 1 << torch.arange(n, dtype=torch.long)
     masks = (codes[:, None] & bits) != 0
     v = _evaluate(game, masks, batch_size, False, "exact")
@@ -166,16 +173,24 @@ def exact_interactions(game: Game, n_players: int, pairs, orders=None, *, batch_
         values[:, p] = (sums / counts)[orders]
     zeros = torch.zeros_like(values)
     return InteractionResult(
-        orders=orders, pairs=pairs, values=values, stderr=zeros, half_values=torch.stack([values, values]),
+        orders=orders,
+        pairs=pairs,
+        values=values,
+        stderr=zeros,
+        half_values=torch.stack([values, values]),
         n_samples=torch.tensor([math.comb(n - 2, int(m)) for m in orders], dtype=torch.long),
-        n_evaluations=2 ** n, n_players=n, method="exact",
+        n_evaluations=2**n,
+        n_players=n,
+        method="exact",
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # sampling plans: rows to evaluate and how to combine them
 # ----------------------------------------------------------------------------------------------
-def _random_subsets(count: int, n: int, size: int, gen: torch.Generator, exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _random_subsets(
+    count: int, n: int, size: int, gen: torch.Generator, exclude: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``count`` uniform random subsets of ``size`` players as bool ``[count, n]`` rows.
 
     ``exclude [count, n]`` (bool): players that must not be drawn in that row.
@@ -319,8 +334,16 @@ def estimate_interactions(
         halves[0, o] = delta[:, :h].mean(1)
         halves[1, o] = delta[:, h:].mean(1)
     return InteractionResult(
-        orders=orders, pairs=pairs, values=values, stderr=stderr, half_values=halves, n_samples=n_samples,
-        n_evaluations=int(masks.shape[0]), n_players=n, method=method, seed=int(seed),
+        orders=orders,
+        pairs=pairs,
+        values=values,
+        stderr=stderr,
+        half_values=halves,
+        n_samples=n_samples,
+        n_evaluations=int(masks.shape[0]),
+        n_players=n,
+        method=method,
+        seed=int(seed),
     )
 
 
@@ -339,7 +362,9 @@ def orders_from_ratios(ratios: Sequence[float], n_players: int) -> List[int]:
     return out
 
 
-def reference_pairs(grid: int, n_pairs: int, radius: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def reference_pairs(
+    grid: int, n_pairs: int, radius: int = 2, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """The reference pair rule: i uniform over the ``grid x grid`` cells, j uniform among the cells
     at Chebyshev distance 1..``radius`` of i that lie inside the grid (24 away from the border
     for radius 2).  Returns LongTensor ``[n_pairs, 2]`` (row-major cell indices)."""
@@ -384,7 +409,9 @@ def strength_per_image(source, statistic: str = "mean_abs") -> torch.Tensor:
     raise ValueError(f"unknown statistic {statistic!r}; choose 'mean_abs' or 'rms_unbiased'")
 
 
-def _normaliser(curve: torch.Tensor, orders: Optional[torch.Tensor], n_players: Optional[int], normalization: str) -> torch.Tensor:
+def _normaliser(
+    curve: torch.Tensor, orders: Optional[torch.Tensor], n_players: Optional[int], normalization: str
+) -> torch.Tensor:
     if normalization == "evaluated":
         return curve.mean(-1, keepdim=True)
     if normalization == "all":
@@ -402,8 +429,14 @@ def _normaliser(curve: torch.Tensor, orders: Optional[torch.Tensor], n_players: 
     raise ValueError(f"unknown normalization {normalization!r}; choose 'evaluated' or 'all'")
 
 
-def relative_strength(source, orders=None, n_players: Optional[int] = None, *, normalization: str = "evaluated",
-                      statistic: str = "mean_abs") -> torch.Tensor:
+def relative_strength(
+    source,
+    orders=None,
+    n_players: Optional[int] = None,
+    *,
+    normalization: str = "evaluated",
+    statistic: str = "mean_abs",
+) -> torch.Tensor:
     """J^(m) = E_x E_(i,j)|I^(m)| divided by its mean over orders, ``[n_orders]``.
 
     ``source``: an :class:`InteractionResult`, a list of them (one per image) or a tensor of values
@@ -420,9 +453,16 @@ def relative_strength(source, orders=None, n_players: Optional[int] = None, *, n
     return curve / _normaliser(curve, orders, n_players, normalization)[..., 0]
 
 
-def bootstrap_relative_strength(per_image: torch.Tensor, orders=None, n_players: Optional[int] = None, *,
-                                normalization: str = "evaluated", n_boot: int = 1000, level: float = 0.95,
-                                seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bootstrap_relative_strength(
+    per_image: torch.Tensor,
+    orders=None,
+    n_players: Optional[int] = None,
+    *,
+    normalization: str = "evaluated",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J, lower, upper): percentile bootstrap over images of ``per_image [n_images, n_orders]``."""
     per_image = torch.as_tensor(per_image, dtype=torch.float64)
     X = per_image.shape[0]
@@ -442,11 +482,19 @@ def bootstrap_relative_strength(per_image: torch.Tensor, orders=None, n_players:
 # ----------------------------------------------------------------------------------------------
 PROTOCOLS = {
     # the public reference code's protocol, reproduced exactly
-    "reference": dict(method="independent", grid=14, pairs=50, contexts=50, ratios=REFERENCE_RATIOS,
-                      baseline="mean", output="log_odds"),
+    "reference": dict(
+        method="independent",
+        grid=14,
+        pairs=50,
+        contexts=50,
+        ratios=REFERENCE_RATIOS,
+        baseline="mean",
+        output="log_odds",
+    ),
     # same pairs, orders and budget per pair; contexts shared between pairs (fewer evaluations)
-    "efficient": dict(method="shared", grid=14, pairs=50, contexts=50, ratios=REFERENCE_RATIOS,
-                      baseline="mean", output="log_odds"),
+    "efficient": dict(
+        method="shared", grid=14, pairs=50, contexts=50, ratios=REFERENCE_RATIOS, baseline="mean", output="log_odds"
+    ),
 }
 
 
@@ -461,25 +509,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_image_args(p)
     g = p.add_argument_group("interactions")
-    g.add_argument("--imagenet-val", default=None, metavar="DIR",
-                   help="ImageNet validation folder (synset sub-folders, or flat with --labels)")
+    g.add_argument(
+        "--imagenet-val",
+        default=None,
+        metavar="DIR",
+        help="ImageNet validation folder (synset sub-folders, or flat with --labels)",
+    )
     g.add_argument("--labels", default=None, help="labels file: 'filename label' lines or one label per line")
-    g.add_argument("--protocol", choices=sorted(PROTOCOLS), default="reference",
-                   help="reference: independent contexts per pair (the public code); efficient: shared contexts")
-    g.add_argument("--method", choices=["shared", "independent"], default=None, help="override the protocol's estimator")
+    g.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="reference",
+        help="reference: independent contexts per pair (the public code); efficient: shared contexts",
+    )
+    g.add_argument(
+        "--method", choices=["shared", "independent"], default=None, help="override the protocol's estimator"
+    )
     g.add_argument("--grid", type=int, default=None, help="players = grid x grid cells (default 14)")
     g.add_argument("--pairs", type=int, default=None, help="pairs per image (default 50)")
     g.add_argument("--contexts", type=int, default=None, help="contexts per pair and order (default 50)")
     g.add_argument("--ratios", type=float, nargs="+", default=None, help="order ratios r, m = int((n-2) r)")
     g.add_argument("--baseline", default=None, choices=["mean", "zero", "blur"], help="absent-player baseline")
-    g.add_argument("--value", dest="output", default=None, choices=["log_odds", "logit", "log_prob"],
-                   help="game value v(S) of the target class (default log_odds)")
+    g.add_argument(
+        "--value",
+        dest="output",
+        default=None,
+        choices=["log_odds", "logit", "log_prob"],
+        help="game value v(S) of the target class (default log_odds)",
+    )
     g.add_argument("--image-size", type=int, default=None, help="square input size (default: the model's)")
     g.add_argument("--dtype", default="float32", help="model dtype: float32 (default), bfloat16, float16")
     g.add_argument("--channels-last", action="store_true", help="channels-last forward passes")
     g.add_argument("--resume", action="store_true", help="keep finished per-image results in --out and do the rest")
-    g.add_argument("--normalization", choices=["evaluated", "all"], default="evaluated",
-                   help="J^(m) divides by the mean over the evaluated orders (reference) or over all orders")
+    g.add_argument(
+        "--normalization",
+        choices=["evaluated", "all"],
+        default="evaluated",
+        help="J^(m) divides by the mean over the evaluated orders (reference) or over all orders",
+    )
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the figure's bands")
     g.add_argument("--no-figure", action="store_true")
     add_common_args(p)
@@ -521,7 +588,9 @@ def _image_list(args) -> Tuple[List[Path], List[int]]:
         if args.num_images < 1:
             raise ValueError("--num-images must be >= 1")
         if args.imagenet_val and args.num_images < len(paths):
-            pick = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(args.seed)))[: args.num_images]
+            pick = torch.randperm(len(paths), generator=torch.Generator().manual_seed(int(args.seed)))[
+                : args.num_images
+            ]
             pick = sorted(pick.tolist())
             paths, labels = [paths[i] for i in pick], [labels[i] for i in pick]
         else:
@@ -545,11 +614,19 @@ def _safe(name: str) -> str:
 
 
 def _image_seed(seed: int, idx: int) -> int:
-    return (int(seed) * 1_000_003 + int(idx)) % (2 ** 62)
+    return (int(seed) * 1_000_003 + int(idx)) % (2**62)
 
 
-def run_model(name: str, args, settings: Dict[str, Any], paths: List[Path], labels: List[int], out: Path,
-              rank: int = 0, world: int = 1) -> None:
+def run_model(
+    name: str,
+    args,
+    settings: Dict[str, Any],
+    paths: List[Path],
+    labels: List[int],
+    out: Path,
+    rank: int = 0,
+    world: int = 1,
+) -> None:
     """Compute and save the per-image results of one model (this rank's share of the images)."""
     from .data import load_model, transform_for
     from .games import ImageMaskingGame
@@ -561,7 +638,9 @@ def run_model(name: str, args, settings: Dict[str, Any], paths: List[Path], labe
     # every rank of a distributed run see the same network
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(args.seed))
-        model = load_model(name, checkpoint=checkpoint, device=device, pretrained=False if args.random_weights else None)
+        model = load_model(
+            name, checkpoint=checkpoint, device=device, pretrained=False if args.random_weights else None
+        )
     model = model.to(resolve_dtype(args.dtype))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -589,16 +668,38 @@ def run_model(name: str, args, settings: Dict[str, Any], paths: List[Path], labe
             _write_skip(file, config, "unreadable image")
             continue
         target = labels[idx] if labels[idx] >= 0 else None
-        game = ImageMaskingGame(model, image, target=target, grid=grid, baseline=settings["baseline"],
-                                output=settings["output"], batch_size=batch, channels_last=args.channels_last)
-        pairs = reference_pairs(grid, int(settings["pairs"]), generator=torch.Generator().manual_seed(_image_seed(args.seed, idx)))
+        game = ImageMaskingGame(
+            model,
+            image,
+            target=target,
+            grid=grid,
+            baseline=settings["baseline"],
+            output=settings["output"],
+            batch_size=batch,
+            channels_last=args.channels_last,
+        )
+        pairs = reference_pairs(
+            grid, int(settings["pairs"]), generator=torch.Generator().manual_seed(_image_seed(args.seed, idx))
+        )
         try:
-            res = estimate_interactions(game, n, pairs, orders, int(settings["contexts"]), method=settings["method"],
-                                        seed=_image_seed(args.seed, idx) + 1, progress=not args.no_progress)
+            res = estimate_interactions(
+                game,
+                n,
+                pairs,
+                orders,
+                int(settings["contexts"]),
+                method=settings["method"],
+                seed=_image_seed(args.seed, idx) + 1,
+                progress=not args.no_progress,
+            )
         except ValueError as err:
             raise ValueError(f"{name} on image {paths[idx]}: {err}") from None
-        meta = dict(config=json_roundtrip(config), target=game.target, label=labels[idx],
-                    weights=getattr(model, "weights_source", None))
+        meta = dict(
+            config=json_roundtrip(config),
+            target=game.target,
+            label=labels[idx],
+            weights=getattr(model, "weights_source", None),
+        )
         dataclasses.replace(res, metadata=meta).save(file)
         log.debug("%s: %s done (%d evaluations)", name, paths[idx].name, res.n_evaluations)
 
@@ -626,7 +727,9 @@ def _rank_device(device: str, world: int):
     return dev
 
 
-def collect(name: str, settings: Dict[str, Any], paths: List[Path], out: Path, extra_meta: Dict[str, Any]) -> Dict[str, Any]:
+def collect(
+    name: str, settings: Dict[str, Any], paths: List[Path], out: Path, extra_meta: Dict[str, Any]
+) -> Dict[str, Any]:
     """Stack the per-image files of one model into ``out/interactions_<model>.safetensors``."""
     from .runtime import environment_info
 
@@ -656,13 +759,30 @@ def collect(name: str, settings: Dict[str, Any], paths: List[Path], out: Path, e
     rms_unb = (H[:, 0] * H[:, 1]).mean(-1).clamp_min(0).sqrt()
     floor = math.sqrt(2 / math.pi) * torch.stack(errs).mean(-1)
     tensors = {
-        "orders": orders, "values": values, "stderr": torch.stack(errs), "half_values": H, "pairs": torch.stack(pairs),
-        "targets": torch.tensor(targets), "mean_abs": per_image, "noise_floor": floor, "rms_unbiased": rms_unb,
+        "orders": orders,
+        "values": values,
+        "stderr": torch.stack(errs),
+        "half_values": H,
+        "pairs": torch.stack(pairs),
+        "targets": torch.tensor(targets),
+        "mean_abs": per_image,
+        "noise_floor": floor,
+        "rms_unbiased": rms_unb,
         "J_evaluated": relative_strength(values, orders, n, normalization="evaluated"),
-        "J_all": relative_strength(values, orders, n, normalization="all") if int(orders[0]) == 0 and int(orders[-1]) == n - 2 else relative_strength(values),
+        "J_all": relative_strength(values, orders, n, normalization="all")
+        if int(orders[0]) == 0 and int(orders[-1]) == n - 2
+        else relative_strength(values),
     }
-    meta = dict(model=name, weights=weights, settings=settings, images=kept, skipped=skipped, n_evaluations=evals,
-                environment=environment_info(), **extra_meta)
+    meta = dict(
+        model=name,
+        weights=weights,
+        settings=settings,
+        images=kept,
+        skipped=skipped,
+        n_evaluations=evals,
+        environment=environment_info(),
+        **extra_meta,
+    )
     save_tensors(out / f"interactions_{_safe(name)}.safetensors", tensors, meta)
     return {"name": name, "orders": orders, "per_image": per_image, "n_players": n}
 
@@ -696,12 +816,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from .plotting.interactions import plot_relative_strength
                 from .plotting.style import save_figure
 
-                fig = plot_relative_strength(curves, normalization=args.normalization, n_boot=args.bootstrap,
-                                             seed=args.seed)
+                fig = plot_relative_strength(
+                    curves, normalization=args.normalization, n_boot=args.bootstrap, seed=args.seed
+                )
                 for f in save_figure(fig, out / "interactions_J"):
                     log.info("wrote %s", f)
             for c in curves:
-                J = relative_strength(c["per_image"][:, :, None], c["orders"], c["n_players"], normalization=args.normalization)
+                J = relative_strength(
+                    c["per_image"][:, :, None], c["orders"], c["n_players"], normalization=args.normalization
+                )
                 log.info("%s J^(m): %s", c["name"], " ".join(f"{x:.3f}" for x in J.tolist()))
             log.info("results in %s", out)
         if dist is not None:

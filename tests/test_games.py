@@ -41,7 +41,9 @@ def hand_masked(image, baseline, mask_row, grid):
     for cell in range(grid * grid):
         if mask_row[cell]:
             r, c = divmod(cell, grid)
-            out[:, r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = image[:, r * ch:(r + 1) * ch, c * cw:(c + 1) * cw]
+            out[:, r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = image[
+                :, r * ch : (r + 1) * ch, c * cw : (c + 1) * cw
+            ]
     return out
 
 
@@ -49,11 +51,15 @@ def hand_masked(image, baseline, mask_row, grid):
 def test_masked_images_match_hand_built(net, image, baseline):
     grid = 4
     base = torch.randn(3, 24, 24, dtype=torch.float64) if baseline == "tensor" else baseline
-    game = ImageMaskingGame(net, image, grid=grid, baseline=base, batch_size=5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    game = ImageMaskingGame(
+        net, image, grid=grid, baseline=base, batch_size=5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)
+    )
     if baseline == "mean":
         expect_base = torch.zeros_like(image)
     elif baseline == "zero":
-        expect_base = (-torch.tensor([0.5, 0.4, 0.3], dtype=torch.float64) / torch.tensor([0.2, 0.25, 0.3], dtype=torch.float64))[:, None, None].expand_as(image)
+        expect_base = (
+            -torch.tensor([0.5, 0.4, 0.3], dtype=torch.float64) / torch.tensor([0.2, 0.25, 0.3], dtype=torch.float64)
+        )[:, None, None].expand_as(image)
     elif baseline == "tensor":
         expect_base = base
     else:

@@ -46,7 +46,7 @@ def test_exact_matches_harsanyi_closed_form(seed):
     assert truth.abs().max() > 0.1  # the test game is not trivial
     torch.testing.assert_close(res.values, truth, rtol=0, atol=1e-10)
     assert torch.equal(res.stderr, torch.zeros_like(res.stderr))
-    assert res.n_evaluations == 2 ** n
+    assert res.n_evaluations == 2**n
 
 
 def test_exact_matches_brute_force_on_a_non_sparse_game():
@@ -109,7 +109,7 @@ def test_estimators_unbiased_and_calibrated_at_n196(big_game, method):
         zs.append(((r.values - truth) / r.stderr)[inner])
     z = torch.cat(zs)
     # calibrated: z ~ N(0,1) (wrong stderr scaling by sqrt(k) would give E z^2 ~ 40 or 1/40)
-    assert 0.8 < float((z ** 2).mean()) < 1.25
+    assert 0.8 < float((z**2).mean()) < 1.25
     assert abs(float(z.mean())) < 0.15
     assert float((z.abs() > 4).float().mean()) < 0.005
 
@@ -134,7 +134,9 @@ def test_noise_free_game_small_error_and_shared_is_cheaper(big_game):
         # rare-event coalitions can make all 30 samples equal (stderr 0) at low orders: allow a few %
         assert float((err <= 5 * r.stderr + 1e-9).double().mean()) > 0.93
         assert float(err.mean()) < 0.15 * float(truth.abs().mean())
-    assert ri.n_evaluations == 4 * 30 * len(pairs) * (len(orders) - 2) + (ri.n_evaluations - 4 * 30 * len(pairs) * (len(orders) - 2))
+    P, distinct = len(pairs), len(torch.unique(pairs))
+    # 4 rows per sample; each exact endpoint: v(anchor) + one row per player + one per pair
+    assert ri.n_evaluations == 4 * 30 * P * (len(orders) - 2) + 2 * (1 + distinct + P)
     assert rs.n_evaluations < 0.8 * ri.n_evaluations
 
 
@@ -150,7 +152,7 @@ def test_split_half_removes_noise_bias(big_game):
         unb.append(r.mean_square_unbiased())
         floor.append(r.noise_floor())
     raw, unb = torch.stack(raw).mean(0), torch.stack(unb).mean(0)
-    noise_var = 4 * 2.0 ** 2 / 20  # per-pair variance of the mean of 20 second differences
+    noise_var = 4 * 2.0**2 / 20  # per-pair variance of the mean of 20 second differences
     assert bool((raw - t2 > 0.5 * noise_var).all())  # raw is biased by ~ noise_var
     assert bool(((unb - t2).abs() < 0.35 * noise_var).all())
     f = torch.stack(floor).mean(0)
@@ -204,9 +206,17 @@ def test_reference_pairs_rule():
 
 def _fake(values):
     O, P = values.shape
-    return InteractionResult(torch.tensor([0, 1, 4]), torch.zeros(P, 2, dtype=torch.long), values,
-                             torch.zeros_like(values), torch.stack([values, values]),
-                             torch.ones(O, dtype=torch.long), 0, 6, "exact")
+    return InteractionResult(
+        torch.tensor([0, 1, 4]),
+        torch.zeros(P, 2, dtype=torch.long),
+        values,
+        torch.zeros_like(values),
+        torch.stack([values, values]),
+        torch.ones(O, dtype=torch.long),
+        0,
+        6,
+        "exact",
+    )
 
 
 def test_relative_strength_conventions_by_hand():

@@ -13,8 +13,27 @@ from moga_analysis.data import sample_image_paths
 from moga_analysis.interactions import InteractionResult, main
 from moga_analysis.results import load_tensors
 
-SMALL = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "64", "--grid", "4", "--pairs", "3",
-         "--contexts", "2", "--ratios", "0", "0.5", "1", "--no-progress", "--bootstrap", "20", "-q"]
+SMALL = [
+    "--model",
+    "moganet_xtiny",
+    "--random-weights",
+    "--image-size",
+    "64",
+    "--grid",
+    "4",
+    "--pairs",
+    "3",
+    "--contexts",
+    "2",
+    "--ratios",
+    "0",
+    "0.5",
+    "1",
+    "--no-progress",
+    "--bootstrap",
+    "20",
+    "-q",
+]
 
 
 def run(*extra):
@@ -91,8 +110,23 @@ def test_user_errors(tmp_path):
 
 
 def test_bad_grid_exits_nonzero(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "moga_analysis.interactions", *SMALL, "--grid", "5", "--num-images", "1",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moga_analysis.interactions",
+            *SMALL,
+            "--grid",
+            "5",
+            "--num-images",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2
     assert "does not divide" in p.stderr
 
@@ -101,9 +135,26 @@ def test_bad_grid_exits_nonzero(tmp_path):
 def test_two_process_gloo_matches_one_process(full_run, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "moga_analysis.interactions", *SMALL, "--num-images", "3", "--out", str(out), "--protocol",
-           "efficient", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "moga_analysis.interactions",
+        *SMALL,
+        "--num-images",
+        "3",
+        "--out",
+        str(out),
+        "--protocol",
+        "efficient",
+        "--device",
+        "cpu",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     a, _ = load_tensors(full_run / "interactions_moganet_xtiny.safetensors")

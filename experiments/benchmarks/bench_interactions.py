@@ -8,7 +8,8 @@
    is stderr^2 (calibrated in tests/test_interactions.py); the evaluation ratio at equal RMSE is
    (evals_ind * mean stderr_ind^2) / (evals_sh * mean stderr_sh^2), measured from one run each.
 
-    python experiments/benchmarks/bench_interactions.py --checkpoint /work/shared/reference/moganet_xtiny_seed0.safetensors
+    python experiments/benchmarks/bench_interactions.py \
+        --checkpoint /work/shared/reference/moganet_xtiny_seed0.safetensors
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def main(argv=None):
     import moga_analysis  # noqa: F401
     from moga_analysis.data import load_images, load_model, sample_image_paths
     from moga_analysis.games import ImageMaskingGame
-    from moga_analysis.interactions import (REFERENCE_RATIOS, estimate_interactions, orders_from_ratios,
-                                            reference_pairs)
+    from moga_analysis.interactions import REFERENCE_RATIOS, estimate_interactions, orders_from_ratios, reference_pairs
     from moga_analysis.runtime import environment_info, resolve_device, tune_malloc
 
     p = argparse.ArgumentParser()
@@ -81,8 +81,10 @@ def main(argv=None):
     orders = orders_from_ratios(REFERENCE_RATIOS, n)
     pairs = reference_pairs(14, 50, generator=torch.Generator().manual_seed(0))
     zero = lambda m: torch.zeros(m.shape[0], dtype=torch.float64)
-    ev = {m: estimate_interactions(zero, n, pairs, orders, 50, method=m, seed=0).n_evaluations
-          for m in ("independent", "shared")}
+    ev = {
+        m: estimate_interactions(zero, n, pairs, orders, 50, method=m, seed=0).n_evaluations
+        for m in ("independent", "shared")
+    }
     rows += [
         ("evaluations / image, independent (reference protocol)", f"{ev['independent']}"),
         ("evaluations / image, shared", f"{ev['shared']}"),
@@ -103,7 +105,10 @@ def main(argv=None):
     vs = (rs.stderr[1:-1] ** 2).mean()
     ratio = (ri.n_evaluations * vi) / (rs.n_evaluations * vs)
     rows += [
-        (f"real net @ {args.rmse_size}px: independent evals / time (s)", f"{ri.n_evaluations} / {res['independent'][1]:.1f}"),
+        (
+            f"real net @ {args.rmse_size}px: independent evals / time (s)",
+            f"{ri.n_evaluations} / {res['independent'][1]:.1f}",
+        ),
         (f"real net @ {args.rmse_size}px: shared evals / time (s)", f"{rs.n_evaluations} / {res['shared'][1]:.1f}"),
         ("mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"),
         ("evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"),

@@ -12,8 +12,16 @@ import torch
 __all__ = ["plot_relative_strength"]
 
 
-def plot_relative_strength(curves: Sequence[Dict[str, Any]], *, normalization: str = "evaluated", n_boot: int = 1000,
-                           level: float = 0.95, seed: int = 0, ax=None, title: Optional[str] = None):
+def plot_relative_strength(
+    curves: Sequence[Dict[str, Any]],
+    *,
+    normalization: str = "evaluated",
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    ax=None,
+    title: Optional[str] = None,
+):
     """Figure of J^(m) against m/(n-2).
 
     ``curves``: dicts with ``name``, ``orders`` [O], ``per_image`` [n_images, O] (E_(i,j)|I^(m)| per
@@ -33,11 +41,14 @@ def plot_relative_strength(curves: Sequence[Dict[str, Any]], *, normalization: s
         for c in curves:
             orders = torch.as_tensor(c["orders"], dtype=torch.float64)
             n = int(c["n_players"])
-            J, lo, hi = bootstrap_relative_strength(c["per_image"], orders, n, normalization=normalization,
-                                                    n_boot=n_boot, level=level, seed=seed)
+            J, lo, hi = bootstrap_relative_strength(
+                c["per_image"], orders, n, normalization=normalization, n_boot=n_boot, level=level, seed=seed
+            )
             x = (orders / (n - 2)).numpy()
             n_img = int(torch.as_tensor(c["per_image"]).shape[0])
-            (line,) = ax.plot(x, J.numpy(), marker="o", markersize=2.5, linewidth=1.2, label=f"{c['name']} ({n_img} img)")
+            (line,) = ax.plot(
+                x, J.numpy(), marker="o", markersize=2.5, linewidth=1.2, label=f"{c['name']} ({n_img} img)"
+            )
             if n_img > 1:
                 ax.fill_between(x, lo.numpy(), hi.numpy(), color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel("order m / (n - 2)")
