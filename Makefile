@@ -29,7 +29,7 @@ demo: venv
 	$(PY) -m moga_analysis.demo --out runs/demo
 
 figures: venv
-	$(PY) -m experiments.make_figures
+	$(PY) experiments/make_figures.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -82,6 +82,8 @@ def setup_logging(verbosity: int = 0) -> None:
     """Logging for command-line tools: WARNING at -1, INFO at 0, DEBUG at 1 and above."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("fontTools", "matplotlib", "PIL"):  # their INFO/DEBUG lines drown ours
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def tune_malloc(trim_threshold: int = 16 << 30) -> bool:
