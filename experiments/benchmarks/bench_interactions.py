@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rmse-size", type=int, default=112, help="input size for the equal-RMSE measurement")
+    p.add_argument("--rmse-grid", type=int, default=14)
     p.add_argument("--rmse-pairs", type=int, default=12)
     p.add_argument("--rmse-contexts", type=int, default=6)
     args = p.parse_args(argv)
@@ -93,12 +94,14 @@ def main(argv=None):
 
     # 3. equal RMSE on the real network at a smaller input
     img, _, _ = load_images(sample_image_paths()[:1], model, size=args.rmse_size)
-    game = ImageMaskingGame(model, img[0], grid=14, batch_size=args.batch_size)
-    pairs = reference_pairs(14, args.rmse_pairs, generator=torch.Generator().manual_seed(1))
+    game = ImageMaskingGame(model, img[0], grid=args.rmse_grid, batch_size=args.batch_size)
+    nr = args.rmse_grid**2
+    orders_r = orders_from_ratios(REFERENCE_RATIOS, nr)
+    pairs = reference_pairs(args.rmse_grid, args.rmse_pairs, generator=torch.Generator().manual_seed(1))
     res = {}
     for m in ("independent", "shared"):
         t0 = time.perf_counter()
-        r = estimate_interactions(game, n, pairs, orders, args.rmse_contexts, method=m, seed=1)
+        r = estimate_interactions(game, nr, pairs, orders_r, args.rmse_contexts, method=m, seed=1)
         res[m] = (r, time.perf_counter() - t0)
     ri, rs = res["independent"][0], res["shared"][0]
     vi = (ri.stderr[1:-1] ** 2).mean()
@@ -106,10 +109,10 @@ def main(argv=None):
     ratio = (ri.n_evaluations * vi) / (rs.n_evaluations * vs)
     rows += [
         (
-            f"real net @ {args.rmse_size}px: independent evals / time (s)",
+            f"real net @ {args.rmse_size}px, grid {args.rmse_grid}: independent evals / time (s)",
             f"{ri.n_evaluations} / {res['independent'][1]:.1f}",
         ),
-        (f"real net @ {args.rmse_size}px: shared evals / time (s)", f"{rs.n_evaluations} / {res['shared'][1]:.1f}"),
+        (f"real net @ {args.rmse_size}px, grid {args.rmse_grid}: shared evals / time (s)", f"{rs.n_evaluations} / {res['shared'][1]:.1f}"),
         ("mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"),
         ("evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"),
     ]
