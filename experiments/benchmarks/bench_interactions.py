@@ -112,7 +112,10 @@ def main(argv=None):
             f"real net @ {args.rmse_size}px, grid {args.rmse_grid}: independent evals / time (s)",
             f"{ri.n_evaluations} / {res['independent'][1]:.1f}",
         ),
-        (f"real net @ {args.rmse_size}px, grid {args.rmse_grid}: shared evals / time (s)", f"{rs.n_evaluations} / {res['shared'][1]:.1f}"),
+        (
+            f"real net @ {args.rmse_size}px, grid {args.rmse_grid}: shared evals / time (s)",
+            f"{rs.n_evaluations} / {res['shared'][1]:.1f}",
+        ),
         ("mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"),
         ("evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"),
     ]
