@@ -48,8 +48,78 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (the schedule is unchanged)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ship", metavar="NAME", default=None,
+                   help="instead of training: copy <out>'s finished weights into the package as NAME "
+                        "(moga_analysis/assets/weights/NAME.safetensors + NAME.md card) and record "
+                        "experiments/results/fmnist/<variant>.json")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
+
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "moga_analysis" / "assets" / "weights"
+RESULTS = REPO / "experiments" / "results" / "fmnist"
+TAGS = {"full": "moganet_xtiny.fmnist_64", "no_gate": "moganet_xtiny_nogate.fmnist_64"}
+
+
+def ship(out: Path, name: str) -> int:
+    """Copy finished weights into the package with a model card, and record the results JSON."""
+    import shutil
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    variant = metrics["variant"]
+    same = abs(metrics["test_accuracy_fp16_weights"] - metrics["test_accuracy"]) <= 0.001
+    src = out / ("model_fp16.safetensors" if same else "model.safetensors")
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    dest = WEIGHTS / f"{name}.safetensors"
+    shutil.copyfile(src, dest)
+    # accuracy of the shipped file on the 300 shipped test images (what tests can check offline)
+    model = training.build_model(variant, metrics["model"], seed=metrics["config"]["seed"])
+    from moga_analysis.models.checkpoints import load_checkpoint
+
+    load_checkpoint(model, dest)
+    xs, ys = training.load_fmnist_samples()
+    sample = training.evaluate(model, xs, ys, preprocessed=True, device="cpu")
+    metrics["shipped"] = {
+        "file": f"moga_analysis/assets/weights/{name}.safetensors",
+        "dtype": "float16" if same else "float32",
+        "bytes": dest.stat().st_size,
+        "timm_tag": TAGS.get(variant),
+        "accuracy_on_shipped_300": sample["accuracy"],
+    }
+    cfg = metrics["config"]
+    ep = cfg["epochs"]
+    tag = TAGS.get(variant)
+    load = (f'timm.create_model("{tag}", pretrained=True)' if tag else
+            f"training.build_model({variant!r}) + load_checkpoint(model, PATH)")
+    card = f"""# {name}
+
+MogaNet-XTiny ({metrics["model"]}, variant `{variant}`, constructor options
+`{metrics["constructor_options"]}`) trained from scratch by moga_analysis on Fashion-MNIST.
+
+* **Load**: `import moga_analysis, timm; {load}`
+* **Data**: Fashion-MNIST (Zalando, MIT licence), {metrics["train_images"]:,} training images seen per
+  epoch, {ep} epoch(s) ({metrics["total_steps"]} steps of batch {cfg["batch_size"]}); 28x28 grayscale
+  upsampled bilinearly to 64x64, normalised with mean 0.2860 / std 0.3530, replicated to 3 channels.
+  Classes: {", ".join(training.FMNIST_CLASSES)}.
+* **Recipe**: AdamW lr {cfg["lr"]} (warm-up {cfg["warmup_steps"]} steps, cosine to {cfg["min_lr"]}),
+  weight decay {cfg["weight_decay"]}, label smoothing {cfg["label_smoothing"]}, random flip + shift
+  <= {cfg["max_shift"]} px, drop-path {cfg["drop_path_rate"]}, seed {cfg["seed"]}, fp32 training on CPU
+  ({metrics["train_seconds"] / 60:.0f} min on a shared 2-core CPU).
+* **Test accuracy** (10,000 test images): {metrics["test_accuracy"]:.4f} with fp32 weights,
+  {metrics["test_accuracy_fp16_weights"]:.4f} with the fp16 weights; shipped as
+  {metrics["shipped"]["dtype"]} ({dest.stat().st_size / 1e6:.1f} MB). On the 300 test images shipped in
+  `moga_analysis/assets/fmnist/`: {sample["accuracy"]:.4f}.
+* **Command**: `{metrics["command"]}` then
+  `python experiments/train_fashion_mnist.py --out {out} --ship {name}`.
+* **Licence**: weights Apache-2.0 (this project); training data MIT (Fashion-MNIST).
+"""
+    atomic_write_text(WEIGHTS / f"{name}.md", card)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"{variant}.json", json.dumps(metrics, indent=2))
+    log.info("shipped %s (%s, %.1f MB): test %.4f, shipped-300 %.4f", dest, metrics["shipped"]["dtype"],
+             dest.stat().st_size / 1e6, metrics["test_accuracy"], sample["accuracy"])
+    return 0
 
 
 def main(argv=None) -> int:
@@ -58,6 +128,8 @@ def main(argv=None) -> int:
     tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ship:
+        return ship(args.out, args.ship)
     device = resolve_device(args.device)
     cfg = training.TrainConfig(
         model=args.model, variant=args.variant, epochs=args.epochs, subset=args.subset,

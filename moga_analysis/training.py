@@ -35,7 +35,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -61,6 +61,8 @@ __all__ = [
     "save_checkpoint",
     "load_training_checkpoint",
     "export_weights",
+    "load_fmnist_samples",
+    "FMNIST_SAMPLES",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ FMNIST_CLASSES: Tuple[str, ...] = (
 FMNIST_MEAN: float = 0.2860
 FMNIST_STD: float = 0.3530
 IMAGE_SIZE: int = 64
+#: the shipped 300 test images (30 per class, MIT licence): see :func:`load_fmnist_samples`
+FMNIST_SAMPLES = Path(__file__).resolve().parent / "assets" / "fmnist" / "fmnist_test_300.safetensors"
 
 #: training-time ablations: variant name -> MogaNet constructor options
 VARIANTS: Dict[str, Dict[str, bool]] = {
@@ -132,6 +136,26 @@ def load_fashion_mnist(
             "into that folder; online: pass download=True (--download)."
         ) from err
     return ds.data.clone(), ds.targets.clone().long()
+
+
+def load_fmnist_samples(
+    size: Optional[int] = IMAGE_SIZE, channels: int = 3, normalize: bool = True
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 300 Fashion-MNIST test images shipped in the package (first 30 of each class).
+
+    Returns ``(images, labels)``: by default ``float32 [300, 3, 64, 64]`` preprocessed exactly as
+    the shipped models expect (see :func:`preprocess`); ``size=None`` gives the raw
+    ``uint8 [300, 28, 28]``; ``normalize=False`` gives [0, 1] pixels.  Class names: :data:`FMNIST_CLASSES`.
+    """
+    from safetensors.torch import load_file
+
+    t = load_file(str(FMNIST_SAMPLES))
+    images, labels = t["images"], t["labels"].long()
+    if size is None:
+        return images, labels
+    if normalize:
+        return preprocess(images, size, channels), labels
+    return preprocess(images, size, channels, mean=0.0, std=1.0), labels
 
 
 def preprocess(
@@ -334,7 +358,8 @@ def train(
         state = load_training_checkpoint(checkpoint)
         if state["config"] != config.to_dict():
             raise ValueError(
-                f"{checkpoint} was written with a different config:\n  saved {state['config']}\n  now   {config.to_dict()}"
+                f"{checkpoint} was written with a different config:\n"
+                f"  saved {state['config']}\n  now   {config.to_dict()}"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
