@@ -31,11 +31,6 @@ def model(reference_dir):
     return m
 
 
-@pytest.fixture(scope="module")
-def model64(model):
-    return copy.deepcopy(model).double()
-
-
 # --------------------------------------------------------------------------- reference math
 def _bn(m, t):
     return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
@@ -81,10 +76,10 @@ def reference_block(blk, x, kind=None, gate=None, context=None):
 
 
 @pytest.mark.parametrize("kind", [None] + KINDS)
-def test_each_kind_equals_reference_block(model64, kind):
-    blk = model64.blocks3[0]
-    x = torch.randn(1, 96, 7, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    one = torch.ones((), dtype=torch.float64)
+def test_each_kind_equals_reference_block(model, kind):
+    blk = model.blocks3[0]
+    x = torch.randn(1, 96, 7, 7, generator=torch.Generator().manual_seed(3))
+    one = torch.ones(())
     ref = reference_block(
         blk, x, kind if kind in ("single_order", "fd", "ca") else None,
         gate=one if kind == "gate" else None, context=one if kind == "context" else None,
@@ -93,32 +88,32 @@ def test_each_kind_equals_reference_block(model64, kind):
         if kind is None:
             out = blk(x)
         else:
-            with ablate(model64, kind, stages=3):
+            with ablate(model, kind, stages=3):
                 out = blk(x)
         full = blk(x)
-    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
     if kind is not None:  # the ablation changes the block by far more than the tolerance
-        assert (out - full).abs().max() > 1e-4
+        assert (out - full).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["gate", "context"])
-def test_mean_mode_equals_reference_block(model64, kind):
-    blk = model64.blocks3[0]
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with torch.no_grad(), capture(model64, "patch_embed3") as store:
-        model64(images)
+def test_mean_mode_equals_reference_block(model, kind):
+    blk = model.blocks3[0]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), capture(model, "patch_embed3") as store:
+        model(images)
     _, g, ctx = _branches(blk, store["patch_embed3"][0])
     mean = (g if kind == "gate" else ctx).mean(dim=(0, 2, 3), keepdim=True)
-    x = torch.randn(1, 96, 5, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    # calibration means are float32 (as returned by calibrate), so compare at float32 precision
-    ref = reference_block(blk, x, gate=mean.float().double() if kind == "gate" else None,
-                          context=mean.float().double() if kind == "context" else None)
-    with torch.no_grad(), ablate(model64, kind, stages=3, mode="mean", calibration=images):
-        out = blk(x)
-    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
-    means = calibrate(model64, kind, images, stages=3)
+    means = calibrate(model, kind, images, stages=3)
     assert set(means) == {f"blocks3.{i}" for i in range(10)}
-    torch.testing.assert_close(means["blocks3.0"].double(), mean, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(means["blocks3.0"], mean, atol=1e-5, rtol=1e-5)
+    x = torch.randn(1, 96, 5, 5, generator=torch.Generator().manual_seed(6))
+    m32 = means["blocks3.0"]
+    ref = reference_block(blk, x, gate=m32 if kind == "gate" else None, context=m32 if kind == "context" else None)
+    with torch.no_grad(), ablate(model, kind, stages=3, mode="mean", calibration=means):
+        out = blk(x)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    assert (out - reference_block(blk, x)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["fd", "ca"])
@@ -127,7 +122,7 @@ def test_fd_ca_equal_zeroed_scales(model, kind):
     with torch.no_grad():
         for _, (_, blk) in moga_blocks(zeroed).items():
             (blk.attn.sigma if kind == "fd" else blk.mlp.sigma).scale.zero_()
-    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = zeroed(x)
         with ablate(model, kind):
@@ -143,7 +138,7 @@ def _hooked(model):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_stage_selection_touches_only_those_stages(model, kind):
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model.forward_intermediates(x, intermediates_only=True)
         for stages, first in [(2, 1), ([3, 4], 2), ("1+4", 0)]:
@@ -173,7 +168,7 @@ def _assert_restored(model, snap, x, out0, flags):
 
 @pytest.mark.parametrize("kind,mode", [(k, "zero") for k in KINDS] + [("gate", "mean"), ("context", "mean")])
 def test_exact_restore_after_exit_and_exception(model, kind, mode):
-    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         out0 = model(x)
     snap = _snapshot(model)
@@ -286,3 +281,35 @@ def test_oom_backoff_gives_identical_sums(model, monkeypatch):
     assert sizes == [3, 1, 1, 1]
     torch.testing.assert_close(backed, plain, rtol=1e-6, atol=1e-9)
     assert backed[0, _STAT_COLUMNS.index("n")] == 3
+
+
+def test_plots_from_metrics():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moga_analysis.plotting.ablation import ablation_matrix, plot_accuracy_drop, plot_interaction_curves
+
+    metrics = {
+        "none": {"kind": "none", "stages": "-", "mode": "-", "top1": 80.0, "top1_drop": 0.0, "agreement": 100.0},
+        "gate@all": {"kind": "gate", "stages": "all", "mode": "zero", "top1": 10.0, "top1_drop": 70.0, "agreement": 12.0},
+        "gate@3": {"kind": "gate", "stages": "3", "mode": "zero", "top1": 60.0, "top1_drop": 20.0, "agreement": 70.0},
+        "gate[mean]@all": {"kind": "gate", "stages": "all", "mode": "mean", "top1": 50.0, "top1_drop": 30.0,
+                           "agreement": 55.0},
+    }
+    groups, stages, values = ablation_matrix(metrics)
+    assert groups == ["gate", "gate [mean]"] and stages == ["all", "3"]
+    assert values == [[70.0, 20.0], [30.0, None]]
+    fig, ax = plot_accuracy_drop(metrics)
+    assert len(ax.patches) == 4 and ax.get_ylabel().startswith("top-1 drop")
+    plt.close(fig)
+    fig, ax = plot_accuracy_drop(metrics, metric="disagreement")
+    assert sorted(p.get_height() for p in ax.patches if p.get_height() == p.get_height()) == [30.0, 45.0, 88.0]
+    plt.close(fig)
+    curves = {"none": {"ratios": [0, 0.5, 1], "J": [1.0, 0.5, 1.5]}, "gate@all": {"ratios": [0, 0.5, 1], "J": [1.2, 0.3, 1.5]}}
+    fig, ax = plot_interaction_curves(curves)
+    assert len(ax.lines) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError):
+        plot_accuracy_drop({"none": metrics["none"]})

@@ -72,7 +72,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
 
     monkeypatch.setattr(ab, "_chunk_stats", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        ab.main(_argv(image_folder, out2, ckpt))
+        ab.main(_argv(image_folder, out2, ckpt, "--no-figures"))
     tensors, state = load_tensors(out2 / "ablation_state.safetensors")
     assert state["specs"] == EXPECTED
     assert tensors["stats"][:, 0].tolist() == [4.0] * len(EXPECTED)  # two batches of 2 were done
@@ -85,7 +85,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
         return real(model, x, *a, **k)
 
     monkeypatch.setattr(ab, "_chunk_stats", counting)
-    assert ab.main(_argv(image_folder, out2, ckpt, "--resume")) == 0
+    assert ab.main(_argv(image_folder, out2, ckpt, "--resume", "--no-figures")) == 0
     assert seen == [1]  # only the fifth image was left
     resumed = json.loads((out2 / "ablation_results.json").read_text())["metrics"]
     for name in EXPECTED:
@@ -94,9 +94,9 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
 
     # --- resuming a finished run recomputes nothing; a new ablation runs alone over all images
     seen.clear()
-    assert ab.main(_argv(image_folder, out2, ckpt, "--resume")) == 0
+    assert ab.main(_argv(image_folder, out2, ckpt, "--resume", "--no-figures")) == 0
     assert seen == []
-    argv = _argv(image_folder, out2, ckpt, "--resume")
+    argv = _argv(image_folder, out2, ckpt, "--resume", "--no-figures")
     argv[argv.index("gate")] = "gate,fd"
     assert ab.main(argv) == 0
     assert seen == [2, 2, 1]
@@ -105,7 +105,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
     assert final["fd@all"]["kl"] > 0 and final["gate@3"] == resumed["gate@3"]
 
     # --- resume with other settings is refused
-    argv = _argv(image_folder, out2, ckpt, "--resume")
+    argv = _argv(image_folder, out2, ckpt, "--resume", "--no-figures")
     argv[argv.index("--num-images") + 1] = "4"
     with pytest.raises(ValueError, match="other settings"):
         ab.main(argv)
