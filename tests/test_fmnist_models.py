@@ -1,0 +1,47 @@
+"""The Fashion-MNIST MogaNets shipped in the package load through timm tags and keep their accuracy."""
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import moga_analysis  # noqa: F401  (registers the models)
+from moga_analysis import training
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "fmnist"
+SHIPPED = {"moganet_xtiny.fmnist_64": "full", "moganet_xtiny_nogate.fmnist_64": "no_gate"}
+
+
+@pytest.mark.parametrize("tag", sorted(SHIPPED))
+def test_pretrained_cfg(tag):
+    with torch.device("meta"):
+        model = timm.create_model(tag)
+    cfg = model.pretrained_cfg
+    assert cfg["num_classes"] == 10 and model.num_classes == 10
+    assert cfg["input_size"] == (3, 64, 64)
+    assert tuple(cfg["mean"]) == (training.FMNIST_MEAN,) * 3 and tuple(cfg["std"]) == (training.FMNIST_STD,) * 3
+    assert tuple(cfg["label_names"]) == training.FMNIST_CLASSES
+    assert cfg["file"].endswith(".safetensors") and "assets" in cfg["file"]
+    assert model.ablation_settings["gate"] == (SHIPPED[tag] == "full")
+
+
+def test_nogate_refuses_gate():
+    with pytest.raises(ValueError, match="gate=False"):
+        timm.create_model("moganet_xtiny_nogate", gate=True)
+
+
+@pytest.mark.parametrize("tag", sorted(SHIPPED))
+def test_shipped_weights_reach_recorded_accuracy(tag):
+    with torch.device("meta"):
+        path = Path(timm.create_model(tag).pretrained_cfg["file"])
+    if not path.exists():
+        pytest.skip(f"{path.name} not shipped yet")
+    assert path.stat().st_size <= 12 * 2**20
+    record = json.loads((RESULTS / f"{SHIPPED[tag]}.json").read_text())
+    model = timm.create_model(tag, pretrained=True).eval()
+    x, y = training.load_fmnist_samples()
+    acc = training.evaluate(model, x, y, batch_size=100, preprocessed=True)["accuracy"]
+    assert abs(acc - record["shipped"]["accuracy_on_shipped_300"]) <= 2 / 300
+    assert acc >= 0.80 and record["test_accuracy"] >= 0.80
