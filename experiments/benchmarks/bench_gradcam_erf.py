@@ -121,9 +121,13 @@ def main(argv=None) -> int:
     for _ in range(args.warmup):
         for fn in methods.values():
             fn()
-    for _ in range(args.repeats):
+    for r in range(args.repeats):
         for k, fn in methods.items():
             times[k].append(_timer(fn))
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+              file=sys.stderr, flush=True)
+        if args.json:  # partial results survive an interrupted run
+            Path(args.json).write_text(json.dumps({"args": vars(args), "times": times, "partial": True}, indent=2))
     if pgc is not None:
         pgc.activations_and_grads.release()
     med = {k: statistics.median(v) for k, v in times.items()}
