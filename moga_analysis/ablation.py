@@ -152,7 +152,9 @@ def _batches(calibration: Any, batch_size: int) -> Iterator[torch.Tensor]:
     for item in calibration:
         x = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"calibration batches must be image tensors or (images, ...) tuples, got {type(x).__name__}")
+            raise TypeError(
+                f"calibration batches must be image tensors or (images, ...) tuples, got {type(x).__name__}"
+            )
         yield x
 
 
@@ -338,7 +340,8 @@ class AblationSpec:
     def context(self, model: nn.Module, calibration: Any = None):
         if self.kind == "none":
             return contextlib.nullcontext(model)
-        return ablate(model, self.kind, self.stages, self.mode, calibration=calibration if self.mode == "mean" else None)
+        cal = calibration if self.mode == "mean" else None
+        return ablate(model, self.kind, self.stages, self.mode, calibration=cal)
 
 
 FULL = AblationSpec("none")
@@ -412,7 +415,9 @@ class AblationEvaluation:
         return out
 
 
-def _batch_stats(logp: torch.Tensor, labels: torch.Tensor, ref_top1: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def _batch_stats(
+    logp: torch.Tensor, labels: torch.Tensor, ref_top1: torch.Tensor, ref_logp: torch.Tensor
+) -> torch.Tensor:
     """One row of ``_STAT_COLUMNS`` for a batch, computed on the device without host syncs."""
     valid = labels >= 0
     y = labels.clamp(min=0)
@@ -677,7 +682,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     model = load_model(args.model, checkpoint=args.checkpoint, device=device,
                        pretrained=False if args.random_weights else None)
-    moga_blocks(model)  # a clear error before any data is read
+    try:
+        moga_blocks(model)  # a clear error before any data is read
+    except TypeError as err:
+        raise ValueError(str(err)) from None
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = LabeledImageFolder(args.data, transform_for(model, size=args.img_size), labels_file=args.labels)

@@ -4,15 +4,15 @@ fd/ca against zeroed scales, stage selection, exact restore, errors, metrics and
 import copy
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import timm
 from moga_analysis import load_checkpoint
 from moga_analysis.ablation import (
-    AblationSpec,
     _STAT_COLUMNS,
+    AblationSpec,
     ablate,
     calibrate,
     evaluate_ablations,
@@ -293,7 +293,8 @@ def test_plots_from_metrics():
 
     metrics = {
         "none": {"kind": "none", "stages": "-", "mode": "-", "top1": 80.0, "top1_drop": 0.0, "agreement": 100.0},
-        "gate@all": {"kind": "gate", "stages": "all", "mode": "zero", "top1": 10.0, "top1_drop": 70.0, "agreement": 12.0},
+        "gate@all": {"kind": "gate", "stages": "all", "mode": "zero", "top1": 10.0, "top1_drop": 70.0,
+                     "agreement": 12.0},
         "gate@3": {"kind": "gate", "stages": "3", "mode": "zero", "top1": 60.0, "top1_drop": 20.0, "agreement": 70.0},
         "gate[mean]@all": {"kind": "gate", "stages": "all", "mode": "mean", "top1": 50.0, "top1_drop": 30.0,
                            "agreement": 55.0},
@@ -307,7 +308,8 @@ def test_plots_from_metrics():
     fig, ax = plot_accuracy_drop(metrics, metric="disagreement")
     assert sorted(p.get_height() for p in ax.patches if p.get_height() == p.get_height()) == [30.0, 45.0, 88.0]
     plt.close(fig)
-    curves = {"none": {"ratios": [0, 0.5, 1], "J": [1.0, 0.5, 1.5]}, "gate@all": {"ratios": [0, 0.5, 1], "J": [1.2, 0.3, 1.5]}}
+    curves = {"none": {"ratios": [0, 0.5, 1], "J": [1.0, 0.5, 1.5]},
+              "gate@all": {"ratios": [0, 0.5, 1], "J": [1.2, 0.3, 1.5]}}
     fig, ax = plot_interaction_curves(curves)
     assert len(ax.lines) == 2
     plt.close(fig)
