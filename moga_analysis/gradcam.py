@@ -436,7 +436,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     x0, (mean, std), _ = display
     with paper_style():
-        fig, _ = plot_cam_grid(_denorm(x0, mean, std), results)
+        try:
+            from .data import imagenet_class_names
+
+            names_ = imagenet_class_names() if all(r.targets.max() < 1000 for r in results.values()) else None
+        except Exception:  # labels are decoration only
+            names_ = None
+        fig, _ = plot_cam_grid(_denorm(x0, mean, std), results, class_names=names_)
         written = save_figure(fig, out / "gradcam_grid")
     log.info("wrote %s, metrics.json, metrics.csv", ", ".join(str(w) for w in written))
     return 0

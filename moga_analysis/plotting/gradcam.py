@@ -53,7 +53,7 @@ def plot_cam_grid(
             if show_scores:
                 t = int(res.targets[r])
                 label = class_names[t][:14] if class_names is not None else f"class {t}"
-                axes[r, c].text(0.02, 0.02, f"{label} {float(res.probs[r]):.2f}", transform=axes[r, c].transAxes,
+                axes[r, c].text(0.02, 0.02, f"{label} {float(res.probs[r]):.2g}", transform=axes[r, c].transAxes,
                                 fontsize=5, color="white", va="bottom",
                                 bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
         if row_labels is not None:
