@@ -66,8 +66,13 @@ class ERFResult:
     def save(self, path, **metadata):
         from .results import save_tensors
 
-        meta = {"n_images": self.n_images, "layer": self.layer, "feature_shape": list(self.feature_shape),
-                "center": list(self.center), **metadata}
+        meta = {
+            "n_images": self.n_images,
+            "layer": self.layer,
+            "feature_shape": list(self.feature_shape),
+            "center": list(self.center),
+            **metadata,
+        }
         return save_tensors(path, {"map": self.map}, meta)
 
     @classmethod
@@ -112,7 +117,8 @@ def looks_untrained(model: nn.Module) -> Optional[str]:
     ):
         return "every BatchNorm layer still has its initial running statistics"
     scales = [
-        p for n, p in model.named_parameters()
+        p
+        for n, p in model.named_parameters()
         if p.dim() == 1 and p.numel() > 1 and any(k in n.lower() for k in ("gamma", "layer_scale", "scale"))
     ]
     if scales and all(bool((p == p.flatten()[0]).all()) for p in scales):
@@ -198,13 +204,16 @@ def effective_receptive_field(
     batch.  Warns with :class:`RandomWeightsWarning` when the weights look random.
     """
     from .gradcam import frozen_parameters
-    from .runtime import model_device, progress as _progress
+    from .runtime import model_device
+    from .runtime import progress as _progress
 
     if warn_random:
         why = looks_untrained(model)
         if why:
-            msg = (f"ERF of {type(model).__name__} with random weights ({why}): layer scale and zero-init "
-                   "make random-weight ERFs collapse to a point; load trained weights")
+            msg = (
+                f"ERF of {type(model).__name__} with random weights ({why}): layer scale and zero-init "
+                "make random-weight ERFs collapse to a point; load trained weights"
+            )
             warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
     name, module = _resolve(model, layer)
     dev = model_device(model)
@@ -214,7 +223,9 @@ def effective_receptive_field(
     if isinstance(images, torch.Tensor):
         total_batches = math.ceil(images.shape[0] / (batch_size or images.shape[0]))
     with eval_mode(model), frozen_parameters(model), torch.enable_grad():
-        for x in _progress(_batches(images, batch_size), enabled=progress, total=total_batches, desc="erf", leave=False):
+        for x in _progress(
+            _batches(images, batch_size), enabled=progress, total=total_batches, desc="erf", leave=False
+        ):
             x = x.to(dev).detach().requires_grad_(True)
             f = _features(model, module, x)
             h, w = f.shape[-2:]
@@ -322,23 +333,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = [args.model] + [m for m in args.compare if m != args.model]
     results, rows = {}, []
     for i, name in enumerate(names):
-        model = load_model(name, checkpoint=args.checkpoint if i == 0 else None, device=device,
-                           pretrained=False if args.random_weights else None)
+        model = load_model(
+            name,
+            checkpoint=args.checkpoint if i == 0 else None,
+            device=device,
+            pretrained=False if args.random_weights else None,
+        )
         x, kept, skipped = load_images(paths, model, size=args.size)
-        res = effective_receptive_field(model, x, layer=args.layer, batch_size=args.batch_size,
-                                        progress=not args.no_progress)
+        res = effective_receptive_field(
+            model, x, layer=args.layer, batch_size=args.batch_size, progress=not args.no_progress
+        )
         results[name] = res
         ratios = res.area_ratio(args.thresholds)
-        res.save(out / f"erf_{name.replace('/', '_')}.safetensors", model=name,
-                 weights=getattr(model, "weights_source", None), images=[str(p) for p in kept],
-                 settings=vars(args), env=environment_info(device))
-        rows.append({"model": name, "layer": res.layer, "n_images": res.n_images,
-                     "weights": getattr(model, "weights_source", None),
-                     **{f"t={t:g}": r for t, r in ratios.items()}})
+        res.save(
+            out / f"erf_{name.replace('/', '_')}.safetensors",
+            model=name,
+            weights=getattr(model, "weights_source", None),
+            images=[str(p) for p in kept],
+            settings=vars(args),
+            env=environment_info(device),
+        )
+        rows.append(
+            {
+                "model": name,
+                "layer": res.layer,
+                "n_images": res.n_images,
+                "weights": getattr(model, "weights_source", None),
+                **{f"t={t:g}": r for t, r in ratios.items()},
+            }
+        )
         log.info("%s: %s", name, rows[-1])
         del model
-    atomic_write_text(out / "area_ratio.json", json.dumps({"rows": rows, "settings": vars(args),
-                                                           "env": environment_info(device)}, indent=2, default=str))
+    atomic_write_text(
+        out / "area_ratio.json",
+        json.dumps({"rows": rows, "settings": vars(args), "env": environment_info(device)}, indent=2, default=str),
+    )
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = [",".join(keys)] + [",".join(_cell(r.get(k, "")) for k in keys) for r in rows]
     atomic_write_text(out / "area_ratio.csv", "\n".join(lines) + "\n")

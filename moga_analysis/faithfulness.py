@@ -116,7 +116,8 @@ def deletion_insertion(
     inserted (insertion).  All ``steps+1`` images of one image are built on the device and
     evaluated in batches of ``batch_size`` (default ``steps+1``).
     """
-    from .runtime import model_device, progress as _progress
+    from .runtime import model_device
+    from .runtime import progress as _progress
 
     dev = model_device(model)
     images, saliency, targets = images.to(dev), saliency.to(dev), targets.to(dev).long()
@@ -148,7 +149,11 @@ def deletion_insertion(
 
 @torch.no_grad()
 def average_drop_increase(
-    model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor, batch_size: Optional[int] = None
+    model: nn.Module,
+    images: torch.Tensor,
+    saliency: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: Optional[int] = None,
 ):
     """``(drop [B], increase [B] bool)``: relative drop ``max(0, Y-O)/Y`` and ``Y < O`` per image."""
     from .runtime import model_device

@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +194,9 @@ def infer_layout(shape: Sequence[int], input_hw: Tuple[int, int], hint: Optional
     return "nhwc" if (hint or "").upper() == "NHWC" else "nchw"
 
 
-def infer_token_grid(n_tokens: int, input_hw: Tuple[int, int], num_prefix: Optional[int] = None) -> Tuple[int, int, int]:
+def infer_token_grid(
+    n_tokens: int, input_hw: Tuple[int, int], num_prefix: Optional[int] = None
+) -> Tuple[int, int, int]:
     """``(num_prefix, h, w)``: prefix tokens and the patch grid of a ``[B, N, C]`` sequence."""
     H, W = input_hw
     candidates = [num_prefix] if num_prefix is not None else list(range(0, 9))
@@ -289,7 +291,8 @@ def grad_cam(
     """
     from captum.attr import LayerGradCam
 
-    from .runtime import model_device, progress as _progress
+    from .runtime import model_device
+    from .runtime import progress as _progress
 
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -407,13 +410,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_tensors(
             cam_file,
             {"raw": cam.raw, "maps": cam.maps, "targets": cam.targets, "scores": cam.scores, "probs": cam.probs},
-            {"model": name, "layer": cam.layer, "layout": cam.layout, "images": [str(p) for p in kept],
-             "weights": getattr(model, "weights_source", None), "settings": vars(args), "env": environment_info(device)},
+            {
+                "model": name,
+                "layer": cam.layer,
+                "layout": cam.layout,
+                "images": [str(p) for p in kept],
+                "weights": getattr(model, "weights_source", None),
+                "settings": vars(args),
+                "env": environment_info(device),
+            },
         )
         row = {"model": name, "layer": cam.layer, "weights": getattr(model, "weights_source", None)}
         if not args.no_metrics:
             m = faithfulness_metrics(
-                model, x, cam.maps, cam.targets, steps=args.steps, batch_size=args.batch_size,
+                model,
+                x,
+                cam.maps,
+                cam.targets,
+                steps=args.steps,
+                batch_size=args.batch_size,
                 progress=not args.no_progress,
             )
             row.update(m.summary())

@@ -113,8 +113,13 @@ def test_equal_to_captum_on_plain_cnn():
 def test_swin_nhwc_matches_hand_computation():
     torch.manual_seed(3)
     model = timm.create_model(
-        "swin_tiny_patch4_window7_224", img_size=64, window_size=2, embed_dim=16, depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 1, 1), num_classes=7,
+        "swin_tiny_patch4_window7_224",
+        img_size=64,
+        window_size=2,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        num_classes=7,
     ).eval()
     x = torch.randn(2, 3, 64, 64)
     res = grad_cam(model, x)
@@ -129,7 +134,9 @@ def test_swin_nhwc_matches_hand_computation():
 
 def test_deit_tokens_prefix_dropped_grid_inferred():
     torch.manual_seed(4)
-    model = timm.create_model("deit_tiny_patch16_224", img_size=64, depth=2, embed_dim=32, num_heads=2, num_classes=7).eval()
+    model = timm.create_model(
+        "deit_tiny_patch16_224", img_size=64, depth=2, embed_dim=32, num_heads=2, num_classes=7
+    ).eval()
     x = torch.randn(2, 3, 64, 64)
     res = grad_cam(model, x)
     assert res.layer == "blocks.1.norm1" and res.layout == "tokens"

@@ -11,8 +11,26 @@ from moga_analysis import erf, gradcam
 @pytest.mark.slow
 def test_gradcam_cli_writes_figure_and_metrics(tmp_path):
     out = tmp_path / "cam"
-    rc = gradcam.main(["--model", "moganet_xtiny", "--compare", "resnet18", "--random-weights", "--size", "64",
-                       "--num-images", "2", "--steps", "4", "--out", str(out), "--no-progress", "-q", "--sanity"])
+    rc = gradcam.main(
+        [
+            "--model",
+            "moganet_xtiny",
+            "--compare",
+            "resnet18",
+            "--random-weights",
+            "--size",
+            "64",
+            "--num-images",
+            "2",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+            "-q",
+            "--sanity",
+        ]
+    )
     assert rc == 0
     assert (out / "gradcam_grid.png").stat().st_size > 0 and (out / "gradcam_grid.pdf").stat().st_size > 0
     rows = json.loads((out / "metrics.json").read_text())["rows"]
@@ -31,8 +49,25 @@ def test_gradcam_cli_writes_figure_and_metrics(tmp_path):
 def test_erf_cli_writes_heatmaps_and_area_table(tmp_path):
     out = tmp_path / "erf"
     with pytest.warns(UserWarning):
-        rc = erf.main(["--model", "moganet_xtiny", "--compare", "resnet18", "--random-weights", "--size", "64",
-                       "--num-images", "2", "--batch-size", "1", "--out", str(out), "--no-progress", "-q"])
+        rc = erf.main(
+            [
+                "--model",
+                "moganet_xtiny",
+                "--compare",
+                "resnet18",
+                "--random-weights",
+                "--size",
+                "64",
+                "--num-images",
+                "2",
+                "--batch-size",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+                "-q",
+            ]
+        )
     assert rc == 0
     assert (out / "erf.png").exists() and (out / "erf.pdf").exists()
     rows = json.loads((out / "area_ratio.json").read_text())["rows"]
@@ -54,8 +89,15 @@ def test_plots_are_pure_functions_of_results():
     from moga_analysis.plotting.gradcam import overlay, plot_cam_grid
 
     maps = torch.rand(2, 16, 16)
-    cam = CAMResult(raw=torch.randn(2, 4, 4), maps=maps, targets=torch.tensor([1, 2]), scores=torch.zeros(2),
-                    probs=torch.tensor([0.3, 0.9]), layer="norm4", layout="nchw")
+    cam = CAMResult(
+        raw=torch.randn(2, 4, 4),
+        maps=maps,
+        targets=torch.tensor([1, 2]),
+        scores=torch.zeros(2),
+        probs=torch.tensor([0.3, 0.9]),
+        layer="norm4",
+        layout="nchw",
+    )
     fig, axes = plot_cam_grid(torch.rand(2, 3, 16, 16), {"a": cam, "b": cam})
     assert axes.shape == (2, 3)
     ov = overlay(torch.zeros(3, 16, 16), torch.zeros(16, 16), alpha=0.5)  # jet(0) is dark blue

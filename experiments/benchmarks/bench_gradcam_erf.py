@@ -124,8 +124,11 @@ def main(argv=None) -> int:
     for r in range(args.repeats):
         for k, fn in methods.items():
             times[k].append(_timer(fn))
-        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
         if args.json:  # partial results survive an interrupted run
             Path(args.json).write_text(json.dumps({"args": vars(args), "times": times, "partial": True}, indent=2))
     if pgc is not None:
@@ -149,16 +152,25 @@ def main(argv=None) -> int:
     rows.append(("effective_receptive_field (ours)", args.erf_batch, ERF_REF, "target <= 1.1"))
 
     env = environment_info(torch.device("cpu"))
-    print(f"# {args.model}, Grad-CAM layer {layer_name}, batch {args.batch} @ {args.size}px; ERF batch "
-          f"{args.erf_batch} @ {args.erf_size}px; {args.repeats} interleaved rounds; "
-          f"torch {env['torch']}, {env['threads']} threads, malloc tuned: {tuned}")
-    print("| method | batch | median s/batch | min s/batch | ms/image (median) | ratio to reference (median per round) | ratio (min/min) | note |")
+    print(
+        f"# {args.model}, Grad-CAM layer {layer_name}, batch {args.batch} @ {args.size}px; ERF batch "
+        f"{args.erf_batch} @ {args.erf_size}px; {args.repeats} interleaved rounds; "
+        f"torch {env['torch']}, {env['threads']} threads, malloc tuned: {tuned}"
+    )
+    print(
+        "| method | batch | median s/batch | min s/batch | ms/image (median) "
+        "| ratio to reference (median per round) | ratio (min/min) | note |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, b, refname, note in rows:
-        print(f"| {name} | {b} | {med[name]:.3f} | {best[name]:.3f} | {1000 * med[name] / b:.1f} | "
-              f"{round_ratio(name, refname):.3f} | {best[name] / best[refname]:.3f} | {note} |")
+        print(
+            f"| {name} | {b} | {med[name]:.3f} | {best[name]:.3f} | {1000 * med[name] / b:.1f} | "
+            f"{round_ratio(name, refname):.3f} | {best[name] / best[refname]:.3f} | {note} |"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "times": times, "median": med, "env": env}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "times": times, "median": med, "env": env}, indent=2)
+        )
     return 0
 
 

@@ -45,8 +45,13 @@ def plot_erf(
         tax = fig.add_subplot(grid[1, :])
         tax.axis("off")
         cells = [[f"{100 * results[nm].area_ratio(thresholds)[float(t)]:.1f}" for t in thresholds] for nm in names]
-        tab = tax.table(cellText=cells, rowLabels=list(titles or names), colLabels=[f"t = {t:g}" for t in thresholds],
-                        loc="center", cellLoc="center")
+        tab = tax.table(
+            cellText=cells,
+            rowLabels=list(titles or names),
+            colLabels=[f"t = {t:g}" for t in thresholds],
+            loc="center",
+            cellLoc="center",
+        )
         tab.auto_set_font_size(False)
         tab.set_fontsize(6)
         axes.append(tax)

@@ -17,7 +17,9 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, cmap: str = "jet", alpha: fl
     img = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
     c = cam.detach().float().cpu()
     if c.shape != img.shape[:2]:
-        c = torch.nn.functional.interpolate(c[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        c = torch.nn.functional.interpolate(c[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[
+            0, 0
+        ]
     heat = matplotlib.colormaps[cmap](c.clamp(0, 1).numpy())[..., :3]
     return np.clip((1 - alpha) * img + alpha * heat, 0, 1)
 
@@ -53,9 +55,16 @@ def plot_cam_grid(
             if show_scores:
                 t = int(res.targets[r])
                 label = class_names[t][:14] if class_names is not None else f"class {t}"
-                axes[r, c].text(0.02, 0.02, f"{label} {float(res.probs[r]):.2g}", transform=axes[r, c].transAxes,
-                                fontsize=5, color="white", va="bottom",
-                                bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
+                axes[r, c].text(
+                    0.02,
+                    0.02,
+                    f"{label} {float(res.probs[r]):.2g}",
+                    transform=axes[r, c].transAxes,
+                    fontsize=5,
+                    color="white",
+                    va="bottom",
+                    bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0),
+                )
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r])
     for c, h in enumerate(heads):
