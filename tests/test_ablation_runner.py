@@ -28,7 +28,7 @@ def image_folder(tmp_path_factory):
 def _argv(data, out, ckpt, *extra):
     return [
         "--model", "moganet_xtiny", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
-        "--ablations", "gate", "--stages", "all,3", "--modes", "zero,mean", "--num-images", "5",
+        "--ablations", "gate", "--stages", "all,3", "--modes", "zero,mean", "--num-images", "3",
         "--img-size", "32", "--batch-size", "2", "--workers", "0", "--calibration-images", "2",
         "--no-progress", "-q", "--no-tune-malloc", *extra,
     ]
@@ -45,10 +45,10 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
     doc = json.loads((out / "ablation_results.json").read_text())
     metrics, meta = doc["metrics"], doc["metadata"]
     assert list(metrics) == EXPECTED
-    assert meta["n_images"] == 5 and meta["n_dataset"] == 6 and meta["model"] == "moganet_xtiny"
-    assert meta["environment"]["torch"] and meta["timing"]["images_processed"] == 5
+    assert meta["n_images"] == 3 and meta["n_dataset"] == 6 and meta["model"] == "moganet_xtiny"
+    assert meta["environment"]["torch"] and meta["timing"]["images_processed"] == 3
     for m in metrics.values():
-        assert m["n_images"] == 5 and m["n_labeled"] == 5  # synset folders give labels
+        assert m["n_images"] == 3 and m["n_labeled"] == 3  # synset folders give labels
         assert 0 <= m["top1"] <= m["top5"] <= 100 and m["nll"] > 0 and m["kl"] >= 0
     assert metrics["none"]["agreement"] == 100 and metrics["none"]["kl"] == 0
     assert metrics["gate@all"]["kl"] > 0
@@ -64,18 +64,18 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
     real = ab._chunk_stats
     calls = []
 
-    def dies_on_third_batch(*a, **k):
+    def dies_on_second_batch(*a, **k):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ab, "_chunk_stats", dies_on_third_batch)
+    monkeypatch.setattr(ab, "_chunk_stats", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         ab.main(_argv(image_folder, out2, ckpt, "--no-figures"))
     tensors, state = load_tensors(out2 / "ablation_state.safetensors")
     assert state["specs"] == EXPECTED
-    assert tensors["stats"][:, 0].tolist() == [4.0] * len(EXPECTED)  # two batches of 2 were done
+    assert tensors["stats"][:, 0].tolist() == [2.0] * len(EXPECTED)  # one batch of 2 was done
     assert not (out2 / "ablation_results.json").exists()
 
     seen = []
@@ -86,7 +86,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
 
     monkeypatch.setattr(ab, "_chunk_stats", counting)
     assert ab.main(_argv(image_folder, out2, ckpt, "--resume", "--no-figures")) == 0
-    assert seen == [1]  # only the fifth image was left
+    assert seen == [1]  # only the third image was left
     resumed = json.loads((out2 / "ablation_results.json").read_text())["metrics"]
     for name in EXPECTED:
         for key in ("top1", "top5", "nll", "agreement", "kl"):
@@ -99,14 +99,14 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
     argv = _argv(image_folder, out2, ckpt, "--resume", "--no-figures")
     argv[argv.index("gate")] = "gate,fd"
     assert ab.main(argv) == 0
-    assert seen == [2, 2, 1]
+    assert seen == [2, 1]
     final = json.loads((out2 / "ablation_results.json").read_text())["metrics"]
     assert list(final) == EXPECTED + ["fd@all", "fd@3"]
     assert final["fd@all"]["kl"] > 0 and final["gate@3"] == resumed["gate@3"]
 
     # --- resume with other settings is refused
     argv = _argv(image_folder, out2, ckpt, "--resume", "--no-figures")
-    argv[argv.index("--num-images") + 1] = "4"
+    argv[argv.index("--num-images") + 1] = "2"
     with pytest.raises(ValueError, match="other settings"):
         ab.main(argv)
 
