@@ -263,12 +263,41 @@ def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
     }
 
 
+# Fashion-MNIST models trained by this project (weights shipped inside the package; see
+# docs/trained_models.md and the model cards next to the weights)
+_FMNIST_WEIGHTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "assets" / "weights"
+_FMNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def _fmnist_cfg(filename: str, **kwargs: Any) -> Dict[str, Any]:
+    """Pretrained cfg of a shipped Fashion-MNIST model: 64 x 64, grayscale replicated to 3 channels."""
+    return _cfg(
+        "",
+        file=str(_FMNIST_WEIGHTS / filename),
+        num_classes=10,
+        input_size=(3, 64, 64),
+        pool_size=(2, 2),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.2860, 0.2860, 0.2860),
+        std=(0.3530, 0.3530, 0.3530),
+        label_names=_FMNIST_CLASSES,
+        license="apache-2.0",
+        description=f"trained by moga_analysis on Fashion-MNIST (MIT) at 64x64; card: {filename[:-12]}.md",
+        **kwargs,
+    )
+
+
 default_cfgs = generate_default_cfgs(
     {
         "moganet_xtiny.in1k": _cfg(_RELEASE + "moganet_xtiny_sz224_8xbs128_ep300.pth.tar"),
         "moganet_xtiny.in1k_256": _cfg(
             _RELEASE + "moganet_xtiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
         ),
+        "moganet_xtiny.fmnist_64": _fmnist_cfg("moganet_xtiny_fmnist_64.safetensors"),
+        "moganet_xtiny_nogate.fmnist_64": _fmnist_cfg("moganet_xtiny_nogate_fmnist_64.safetensors"),
         "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
         "moganet_tiny.in1k_256": _cfg(
             _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
@@ -343,3 +372,39 @@ def _register_alias(alias: str, target: str) -> None:
 
 for _alias, _target in ALIASES.items():
     _register_alias(_alias, _target)
+
+
+# --------------------------------------------------------------------------- training-time ablations
+#: registered names of architectures built with ablation options (weights: Fashion-MNIST only)
+ABLATION_MODELS = {"moganet_xtiny_nogate": ("moganet_xtiny", {"gate": False})}
+
+
+def _create_ablated(name: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    base, options = ABLATION_MODELS[name]
+    arch = base.split("_", 1)[1]
+    settings = {k: v for k, v in ARCH_SETTINGS[arch].items() if k not in kwargs}
+    for k, v in options.items():
+        if kwargs.get(k, v) != v:
+            raise ValueError(f"{name} is built with {k}={v}; use {base} for other settings")
+        kwargs[k] = v
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    model = build_model_with_cfg(
+        MogaNet,
+        name,
+        pretrained=False,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **settings,
+        **kwargs,
+    )
+    if pretrained:
+        from .checkpoints import load_pretrained
+
+        load_pretrained(model)
+    return model
+
+
+@register_model
+def moganet_xtiny_nogate(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    """``moganet_xtiny`` without the gate branch (``gate=False``), the training-time no-gate twin of
+    the shipped ``moganet_xtiny.fmnist_64``; its only weights are ``moganet_xtiny_nogate.fmnist_64``."""
+    return _create_ablated("moganet_xtiny_nogate", pretrained, **kwargs)
