@@ -5,6 +5,7 @@ import torch
 
 from moga_analysis import training
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread: on a shared, busy CPU two spinning threads make these tiny runs crawl."""
