@@ -11,6 +11,14 @@ import moga_analysis  # noqa: F401  (registers the models)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # pytest-xdist runs one worker per core: two torch threads per worker would oversubscribe the
+    # cores, and OpenMP's spinning then slows small kernels down by orders of magnitude
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # for subprocesses (notebook kernels, CLI runs)
+
+
 def _reference_dir():
     candidates = [os.environ.get("MOGA_REFERENCE_DIR"), REPO.parent / "shared" / "reference", REPO / "shared" / "reference"]
     for c in candidates:
