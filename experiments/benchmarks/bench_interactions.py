@@ -9,12 +9,13 @@
    (evals_ind * mean stderr_ind^2) / (evals_sh * mean stderr_sh^2), measured from one run each.
 
     python experiments/benchmarks/bench_interactions.py \
-        --checkpoint /work/shared/reference/moganet_xtiny_seed0.safetensors
+        --checkpoint ../shared/reference/moganet_xtiny_seed0.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import time
 
 import torch
@@ -42,7 +43,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="moganet_xtiny")
-    p.add_argument("--checkpoint", default="/work/shared/reference/moganet_xtiny_seed0.safetensors")
+    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[3] / "shared" / "reference" / "moganet_xtiny_seed0.safetensors"))
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, default=224, help="input size for the overhead measurement")
     p.add_argument("--batch-size", type=int, default=32)
