@@ -25,6 +25,7 @@ __all__ = [
     "load_images",
     "imagenet_class_names",
     "imagenet_synset_to_index",
+    "class_names_for",
     "LabeledImageFolder",
     "load_model",
 ]
@@ -120,6 +121,17 @@ def imagenet_class_names() -> List[str]:
 
     info = ImageNetInfo()
     return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def class_names_for(model: nn.Module) -> Optional[List[str]]:
+    """Class names of ``model``: its pretrained cfg's ``label_names``, else ImageNet-1k's for a
+    1000-class model, else None."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("label_names"):
+        return list(cfg["label_names"])
+    if getattr(model, "num_classes", cfg.get("num_classes")) == 1000:
+        return imagenet_class_names()
+    return None
 
 
 def imagenet_synset_to_index() -> dict:

@@ -398,6 +398,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         x, kept, _skipped = load_images(paths, model, size=args.size)
         if display is None:
+            from .data import class_names_for
+
+            label_names = class_names_for(model)
             cfg = getattr(model, "pretrained_cfg", None) or {}
             display = (x, (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))), kept)
         cam = grad_cam(
@@ -451,13 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     x0, (mean, std), _ = display
     with paper_style():
-        try:
-            from .data import imagenet_class_names
-
-            names_ = imagenet_class_names() if all(r.targets.max() < 1000 for r in results.values()) else None
-        except Exception:  # labels are decoration only
-            names_ = None
-        fig, _ = plot_cam_grid(_denorm(x0, mean, std), results, class_names=names_)
+        fig, _ = plot_cam_grid(_denorm(x0, mean, std), results, class_names=label_names)
         written = save_figure(fig, out / "gradcam_grid")
     log.info("wrote %s, metrics.json, metrics.csv", ", ".join(str(w) for w in written))
     return 0

@@ -23,6 +23,7 @@ add no parameters and cost nothing when no hook is registered.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import DropPath
@@ -151,7 +152,7 @@ class MultiOrderGatedAggregation(nn.Module):
     def feat_decompose(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj_1(x)
         if self.use_fd:
-            x = x + self.sigma(x - x.mean(dim=(2, 3), keepdim=True))
+            x = x + self.sigma(x - F.adaptive_avg_pool2d(x, 1))
         return self.tap_fd(self.act_value(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from .style import wrap_title
+
 __all__ = ["plot_erf", "erf_display"]
 
 
@@ -34,7 +36,7 @@ def plot_erf(
     grid = fig.add_gridspec(2 if table else 1, n, height_ratios=[1, 0.4] if table else [1], hspace=0.1)
     axes = [fig.add_subplot(grid[0, i]) for i in range(n)]
     im = None
-    for ax, name, title in zip(axes, names, list(titles or names)):
+    for ax, name, title in zip(axes, names, list(titles or [wrap_title(n) for n in names])):
         im = ax.imshow(erf_display(results[name].map).numpy(), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(title)
         ax.set_xticks([])

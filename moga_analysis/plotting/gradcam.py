@@ -6,6 +6,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from .style import wrap_title
+
 __all__ = ["plot_cam_grid", "overlay"]
 
 
@@ -46,7 +48,7 @@ def plot_cam_grid(
     B = images.shape[0]
     ncol = 1 + len(names)
     fig, axes = plt.subplots(B, ncol, figsize=(panel_size * ncol, panel_size * B), squeeze=False)
-    heads = ["input"] + list(titles or names)
+    heads = ["input"] + list(titles or [wrap_title(n) for n in names])
     for r in range(B):
         axes[r, 0].imshow(images[r].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
         for c, name in enumerate(names, start=1):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator, List, Sequence, Union
 
-__all__ = ["paper_style", "save_figure", "PALETTE"]
+__all__ = ["paper_style", "save_figure", "wrap_title", "PALETTE"]
 
 #: colour-blind-safe qualitative palette (Okabe & Ito)
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -57,3 +57,13 @@ def save_figure(fig, path: Union[str, os.PathLike], formats: Sequence[str] = ("p
         fig.savefig(p)
         out.append(p)
     return out
+
+
+def wrap_title(name: str, width: int = 18) -> str:
+    """Break a long model name (before its last ``.``, else at an ``_``) so panel titles do not collide."""
+    if len(name) <= width:
+        return name
+    cut = name.rfind(".")
+    if cut <= 0:
+        cut = name.find("_", len(name) // 3)
+    return name if cut <= 0 else name[:cut] + "\n" + name[cut:]
