@@ -68,13 +68,13 @@ def plot_interactions(run_dir: Path):
     from moga_analysis.plotting.interactions import plot_relative_strength
     from moga_analysis.results import load_tensors
 
-    curves = []
+    curves, order = [], []
     for f in sorted(run_dir.glob("interactions_*.safetensors")):
         t, meta = load_tensors(f)
         curves.append({"name": meta["model"], "orders": t["orders"], "per_image": t["mean_abs"],
-                       "n_players": int(meta["settings"]["grid"]) ** 2, "_order": meta.get("models", []).index(meta["model"])
-                       if meta["model"] in meta.get("models", []) else 99})
-    curves.sort(key=lambda c: c.pop("_order"))
+                       "n_players": int(meta["settings"]["grid"]) ** 2})
+        order = meta.get("models", order)  # --model first, then --compare
+    curves.sort(key=lambda c: order.index(c["name"]) if c["name"] in order else len(order))
     fig = plot_relative_strength(curves, n_boot=1000, seed=0)
     return fig if not isinstance(fig, tuple) else fig[0]
 

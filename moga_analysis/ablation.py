@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.layers import MogaBlock
+from .runtime import eval_mode
 
 __all__ = [
     "KINDS",
@@ -158,18 +159,6 @@ def _batches(calibration: Any, batch_size: int) -> Iterator[torch.Tensor]:
         yield x
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for every sub-module, each module's own flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, f in flags:
-            m.training = f
-
-
 def calibrate(
     model: nn.Module,
     kind: str,
@@ -197,7 +186,7 @@ def calibrate(
         return torch.cat([s, s.new_full((1,), float(t.shape[0] * t.shape[2] * t.shape[3]))])
 
     n_batches = 0
-    with _eval_mode(model), torch.no_grad(), capture(model, list(taps), reduce=reduce) as store:
+    with eval_mode(model), torch.no_grad(), capture(model, list(taps), reduce=reduce) as store:
         for x in _batches(calibration, batch_size):
             model(x.to(device))
             n_batches += 1
@@ -511,7 +500,7 @@ def evaluate_ablations(
     batches = progress(loader, enabled=show_progress, total=n_batches, unit="batch",
                        desc=f"{len(specs)} configs x {total if total is not None else '?'} images")
     try:
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in batches:
                 x, y = batch[0], batch[1]
                 if not isinstance(y, torch.Tensor):
@@ -825,7 +814,7 @@ def _optional_analyses(args, model, dataset, indices, specs, calibration, out) -
             raise RuntimeError(f"--{name} needs moga_analysis.{name}, which is not available: {err}") from err
     device = model_device(model)
     images = torch.stack([dataset[i][0] for i in indices[: args.analysis_images]]).to(device)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         targets = model(images).argmax(-1)
     results: Dict[str, Any] = {k: {} for k in wanted}
     for spec in specs:

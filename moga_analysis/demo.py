@@ -151,14 +151,15 @@ def _add_headlines(out: Path, summary: Dict[str, Any]) -> None:
     """Pull the headline numbers out of the saved results."""
     from .results import load_tensors
 
-    for tag, path in [("interactions_fmnist", out / "interactions_fmnist"), ("interactions_effnet", out / "interactions_effnet")]:
-        for f in sorted(path.glob("interactions_*.safetensors")) if path.exists() else []:
+    for path in (out / "interactions_fmnist", out / "interactions_effnet"):
+        for f in sorted(path.glob("interactions_*.safetensors")):
             t, meta = load_tensors(f)
             summary.setdefault("J", {})[meta["model"]] = {
                 "orders": t["orders"].tolist(), "J": [round(x, 3) for x in t["J_evaluated"].tolist()]}
-    abl = out / "ablation_fmnist" / "ablation.json"
+    abl = out / "ablation_fmnist" / "ablation_results.md"
     if abl.exists():
-        summary["ablation_file"] = str(abl)
+        summary["ablation_table"] = str(abl)
+    summary["figures"] = sorted(str(p) for p in out.rglob("*.png") if (out / "data") not in p.parents)
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -167,8 +168,11 @@ def format_summary(summary: Dict[str, Any]) -> str:
         if isinstance(v, dict) and "status" in v:
             lines.append(f"  {k:22s} {v['status']:8s} {v.get('seconds', '')}")
     for model, j in summary.get("J", {}).items():
-        mid = [x for o, x in zip(j["orders"], j["J"])]
-        lines.append(f"  J^(m) {model}: " + " ".join(f"{x:.2f}" for x in mid))
+        lines.append(f"  J^(m) {model} at m = {j['orders']}:")
+        lines.append("      " + " ".join(f"{x:.2f}" for x in j["J"]))
+    if "ablation_table" in summary:
+        lines.append(f"  ablation table: {summary['ablation_table']}")
+    lines.append(f"  {len(summary.get('figures', []))} figures (PNG + PDF) under the output folder")
     return "\n".join(lines)
 
 

@@ -19,7 +19,6 @@ figure.  Parameters are frozen during the computation: only the input gradient i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -28,6 +27,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 from torch import nn
+
+from .runtime import eval_mode
 
 __all__ = [
     "ERFResult",
@@ -89,18 +90,6 @@ class ERFResult:
 
 
 # -------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own ``training`` flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, f in flags:
-            m.training = f
-
-
 def looks_untrained(model: nn.Module) -> Optional[str]:
     """A reason to believe ``model`` has random weights, or None.
 

@@ -45,7 +45,9 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
     return path
 
 
-def save_tensors(path: Union[str, os.PathLike], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+def save_tensors(
+    path: Union[str, os.PathLike], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+) -> Path:
     """Save tensors (moved to CPU, made contiguous) and JSON metadata atomically."""
     from safetensors.torch import save_file
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import platform
 import sys
-from typing import Iterable, Optional, TypeVar, Union
+from typing import Iterable, Iterator, Optional, TypeVar, Union
 
 import torch
 
@@ -14,6 +15,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "model_device",
+    "eval_mode",
     "make_generator",
     "progress",
     "setup_logging",
@@ -60,6 +62,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own ``training`` flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, f in flags:
+            m.training = f
 
 
 def make_generator(seed: Optional[int], device: Union[str, torch.device] = "cpu") -> torch.Generator:

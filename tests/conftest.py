@@ -20,7 +20,11 @@ def pytest_configure(config):
 
 
 def _reference_dir():
-    candidates = [os.environ.get("MOGA_REFERENCE_DIR"), REPO.parent / "shared" / "reference", REPO / "shared" / "reference"]
+    candidates = [
+        os.environ.get("MOGA_REFERENCE_DIR"),
+        REPO.parent / "shared" / "reference",
+        REPO / "shared" / "reference",
+    ]
     for c in candidates:
         if c and (Path(c) / "golden_io.safetensors").exists():
             return Path(c)

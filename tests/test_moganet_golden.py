@@ -81,4 +81,5 @@ def test_reference_weights_load_strictly_into_aliases(reference_dir):
     sd = load_file(str(reference_dir / "moganet_xtiny_seed0.safetensors"))
     model = timm.create_model("moganet_xt")
     load_checkpoint(model, sd)
-    assert torch.equal(model.state_dict()["blocks3.4.attn.value.DW_conv2.weight"], sd["blocks3.4.attn.value.DW_conv2.weight"])
+    key = "blocks3.4.attn.value.DW_conv2.weight"
+    assert torch.equal(model.state_dict()[key], sd[key])

@@ -31,7 +31,8 @@ def test_notebook_runs(path, tmp_path):
     os.environ["MOGA_QUICK"] = "1"  # the notebooks read it and shrink their settings
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()
     finally:
         if env_before is None:
             os.environ.pop("MOGA_QUICK", None)

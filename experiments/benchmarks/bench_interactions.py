@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,7 +43,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="moganet_xtiny")
-    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[3] / "shared" / "reference" / "moganet_xtiny_seed0.safetensors"))
+    reference = Path(__file__).resolve().parents[3] / "shared" / "reference"
+    p.add_argument("--checkpoint", default=str(reference / "moganet_xtiny_seed0.safetensors"))
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, default=224, help="input size for the overhead measurement")
     p.add_argument("--batch-size", type=int, default=32)

@@ -73,8 +73,8 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"{args.size}px, malloc tuned: {tuned}, median of {args.repeats}")
     print()
-    print("| variant | ours (img/s) | official (img/s) | ours / official | ours, channels_last | official, channels_last "
-          "| ours / official, channels_last |")
+    print("| variant | ours (img/s) | official (img/s) | ours / official | ours, channels_last "
+          "| official, channels_last | ours / official, channels_last |")
     print("|---|---|---|---|---|---|---|")
     x = torch.randn(args.batch_size, 3, args.size, args.size)
     for variant in args.variants:

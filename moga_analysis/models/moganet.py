@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from torch import nn
 
 from .layers import ConvPatchEmbed, MogaBlock, StemPatchEmbed
 
@@ -310,8 +309,10 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _create_moganet(variant: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
-    arch = variant.split("_", 1)[1]
+def _create_moganet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs: Any) -> MogaNet:
+    """Build ``variant`` (its pretrained cfg names the weights) with the settings of ``arch``
+    (default: the variant's own, e.g. ``small`` for ``moganet_small``)."""
+    arch = arch or variant.split("_", 1)[1]
     settings = {k: v for k, v in ARCH_SETTINGS[arch].items() if k not in kwargs}
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     model = build_model_with_cfg(
@@ -381,26 +382,11 @@ ABLATION_MODELS = {"moganet_xtiny_nogate": ("moganet_xtiny", {"gate": False})}
 
 def _create_ablated(name: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
     base, options = ABLATION_MODELS[name]
-    arch = base.split("_", 1)[1]
-    settings = {k: v for k, v in ARCH_SETTINGS[arch].items() if k not in kwargs}
     for k, v in options.items():
         if kwargs.get(k, v) != v:
             raise ValueError(f"{name} is built with {k}={v}; use {base} for other settings")
         kwargs[k] = v
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    model = build_model_with_cfg(
-        MogaNet,
-        name,
-        pretrained=False,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **settings,
-        **kwargs,
-    )
-    if pretrained:
-        from .checkpoints import load_pretrained
-
-        load_pretrained(model)
-    return model
+    return _create_moganet(name, pretrained, arch=base.split("_", 1)[1], **kwargs)
 
 
 @register_model
