@@ -83,7 +83,7 @@ def plot_gradcam(run_dir: Path):
     import timm
     import torch
 
-    from moga_analysis.data import load_images, transform_for
+    from moga_analysis.data import class_names_for, load_images, transform_for
     from moga_analysis.gradcam import CAMResult
     from moga_analysis.plotting.gradcam import plot_cam_grid
     from moga_analysis.results import load_tensors
@@ -105,7 +105,7 @@ def plot_gradcam(run_dir: Path):
     cfg = ref.pretrained_cfg
     mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    fig, _ = plot_cam_grid((x * std + mean).clamp(0, 1), results)
+    fig, _ = plot_cam_grid((x * std + mean).clamp(0, 1), results, class_names=class_names_for(ref))
     return fig
 
 
