@@ -7,15 +7,6 @@ import torch
 
 from moga_analysis.models import efficientnet_lite as el
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 IMAGES = Path(__file__).resolve().parents[1] / "moga_analysis" / "assets" / "images"
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

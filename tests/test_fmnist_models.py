@@ -10,15 +10,6 @@ import torch
 import moga_analysis  # noqa: F401  (registers the models)
 from moga_analysis import training
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "fmnist"
 SHIPPED = {"moganet_xtiny.fmnist_64": "full", "moganet_xtiny_nogate.fmnist_64": "no_gate"}
 
