@@ -6,9 +6,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["add_common_args", "add_model_args", "add_image_args", "setup_from_args", "images_from_args", "run_main"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "add_common_args", "add_model_args", "add_image_args", "setup_from_args", "images_from_args", "models_from_args",
+    "run_main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,23 @@ def images_from_args(args: argparse.Namespace) -> List[Path]:
     if args.num_images is not None:
         paths = paths[: args.num_images]
     return paths
+
+
+def models_from_args(args: argparse.Namespace, device) -> Iterator[Tuple[str, "torch.nn.Module"]]:
+    """``(name, model)`` for ``--model`` then each ``--compare`` model, loaded one at a time.
+
+    ``--checkpoint`` applies to ``--model`` only; ``--random-weights`` skips every download.
+    """
+    from .data import load_model
+
+    names = [args.model] + [m for m in args.compare if m != args.model]
+    for i, name in enumerate(names):
+        yield name, load_model(
+            name,
+            checkpoint=args.checkpoint if i == 0 else None,
+            device=device,
+            pretrained=False if args.random_weights else None,
+        )
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> None:

@@ -308,8 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import json
     from pathlib import Path
 
-    from .cli import images_from_args, setup_from_args
-    from .data import load_images, load_model
+    from .cli import images_from_args, models_from_args, setup_from_args
+    from .data import load_images
     from .results import atomic_write_text
     from .runtime import environment_info, resolve_device
 
@@ -319,15 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     paths = images_from_args(args)
-    names = [args.model] + [m for m in args.compare if m != args.model]
     results, rows = {}, []
-    for i, name in enumerate(names):
-        model = load_model(
-            name,
-            checkpoint=args.checkpoint if i == 0 else None,
-            device=device,
-            pretrained=False if args.random_weights else None,
-        )
+    for name, model in models_from_args(args, device):
         x, kept, skipped = load_images(paths, model, size=args.size)
         res = effective_receptive_field(
             model, x, layer=args.layer, batch_size=args.batch_size, progress=not args.no_progress

@@ -374,8 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import json
     from pathlib import Path
 
-    from .cli import images_from_args, setup_from_args
-    from .data import load_images, load_model
+    from .cli import images_from_args, models_from_args, setup_from_args
+    from .data import load_images
     from .faithfulness import faithfulness_metrics, randomization_check
     from .results import atomic_write_text
     from .runtime import environment_info, make_generator, resolve_device
@@ -386,16 +386,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     paths = images_from_args(args)
-    names = [args.model] + [m for m in args.compare if m != args.model]
     results, rows, display = {}, [], None
     sanity = {}
-    for i, name in enumerate(names):
-        model = load_model(
-            name,
-            checkpoint=args.checkpoint if i == 0 else None,
-            device=device,
-            pretrained=False if args.random_weights else None,
-        )
+    for i, (name, model) in enumerate(models_from_args(args, device)):
         x, kept, _skipped = load_images(paths, model, size=args.size)
         if display is None:
             from .data import class_names_for
