@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "add_common_args", "add_model_args", "add_image_args", "setup_from_args", "images_from_args", "models_from_args",
-    "run_main",
+    "add_common_args", "add_model_args", "add_image_args", "setup_from_args", "images_from_args", "model_specs",
+    "models_from_args", "run_main",
 ]
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,13 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "moganet_sma
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default_model, help="timm model name (moganet_* registered by this package)")
     g.add_argument("--checkpoint", default=None, help="local checkpoint file or URL (strict load)")
-    g.add_argument("--compare", nargs="*", default=[], metavar="MODEL", help="more timm models to compare with")
+    g.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="more timm models to compare with; MODEL=CHECKPOINT loads that model from a local checkpoint",
+    )
     g.add_argument("--random-weights", action="store_true", help="use random weights (no download)")
 
 
@@ -64,20 +70,38 @@ def images_from_args(args: argparse.Namespace) -> List[Path]:
     return paths
 
 
-def models_from_args(args: argparse.Namespace, device) -> Iterator[Tuple[str, "torch.nn.Module"]]:
-    """``(name, model)`` for ``--model`` then each ``--compare`` model, loaded one at a time.
+def model_specs(args: argparse.Namespace) -> List[Tuple[str, Optional[str]]]:
+    """``(name, checkpoint)`` for ``--model`` (with ``--checkpoint``) then each ``--compare`` entry.
 
-    ``--checkpoint`` applies to ``--model`` only; ``--random-weights`` skips every download.
+    A ``--compare`` entry ``NAME=CHECKPOINT`` loads NAME from that checkpoint (for example a model
+    trained here); a plain entry equal to ``--model`` is dropped.  Results are stored by model name,
+    so a name may appear once.
+    """
+    specs: List[Tuple[str, Optional[str]]] = [(args.model, args.checkpoint)]
+    for entry in args.compare or []:
+        name, sep, checkpoint = entry.partition("=")
+        if sep and not (name and checkpoint):
+            raise ValueError(f"--compare {entry!r}: write MODEL or MODEL=CHECKPOINT")
+        if not sep and name == args.model:
+            continue
+        specs.append((name, checkpoint or None))
+    names = [name for name, _ in specs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"model(s) {', '.join(twice)} given twice; results are stored by model name")
+    return specs
+
+
+def models_from_args(args: argparse.Namespace, device) -> Iterator[Tuple[str, "torch.nn.Module"]]:
+    """``(name, model)`` for each of :func:`model_specs`, loaded one at a time.
+
+    ``--random-weights`` skips every download.
     """
     from .data import load_model
 
-    names = [args.model] + [m for m in args.compare if m != args.model]
-    for i, name in enumerate(names):
+    for name, checkpoint in model_specs(args):
         yield name, load_model(
-            name,
-            checkpoint=args.checkpoint if i == 0 else None,
-            device=device,
-            pretrained=False if args.random_weights else None,
+            name, checkpoint=checkpoint, device=device, pretrained=False if args.random_weights else None
         )
 
 

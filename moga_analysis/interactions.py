@@ -626,6 +626,7 @@ def run_model(
     out: Path,
     rank: int = 0,
     world: int = 1,
+    checkpoint: Optional[str] = None,
 ) -> None:
     """Compute and save the per-image results of one model (this rank's share of the images)."""
     from .data import load_model, transform_for
@@ -633,7 +634,6 @@ def run_model(
     from .runtime import resolve_dtype
 
     device = _rank_device(args.device, world)
-    checkpoint = args.checkpoint if name == args.model else None
     # random weights (if any) are drawn from a generator seeded with --seed: reruns, resumed runs and
     # every rank of a distributed run see the same network
     with torch.random.fork_rng(devices=[]):
@@ -656,6 +656,8 @@ def run_model(
     for idx in bar:
         file = folder / f"img_{idx:05d}.safetensors"
         config = dict(settings, model=name, image=str(paths[idx]), index=idx)
+        if checkpoint is not None:
+            config["checkpoint"] = str(checkpoint)
         if args.resume and file.exists():
             _, meta = load_tensors(file)
             old = meta.get("metadata", {}).get("config")
@@ -788,7 +790,7 @@ def collect(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import setup_from_args
+    from .cli import model_specs, setup_from_args
 
     args = build_parser().parse_args(argv)
     setup_from_args(args)
@@ -804,10 +806,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = Path(args.out or "runs/interactions")
         paths, labels = _image_list(args)
-        models = [args.model] + [m for m in (args.compare or []) if m != args.model]
+        specs = model_specs(args)
+        models = [name for name, _ in specs]
         log.info("%d images, models %s, settings %s (rank %d/%d)", len(paths), models, settings, rank, world)
-        for name in models:
-            run_model(name, args, settings, paths, labels, out, rank, world)
+        for name, checkpoint in specs:
+            run_model(name, args, settings, paths, labels, out, rank, world, checkpoint=checkpoint)
         if dist is not None:
             dist.barrier()
         if rank == 0:

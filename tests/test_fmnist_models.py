@@ -32,6 +32,26 @@ def test_nogate_refuses_gate():
         timm.create_model("moganet_xtiny_nogate", gate=True)
 
 
+TWINS = {"moganet_xtiny_single_order": "single_order", "moganet_xtiny_nofd": "no_fd", "moganet_xtiny_noca": "no_ca"}
+
+
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_training_time_twins_registered_without_weights(name):
+    from moga_analysis.models.checkpoints import CheckpointError
+
+    with torch.device("meta"):
+        model = timm.create_model(f"{name}.fmnist_64")
+    options = training.VARIANTS[TWINS[name]]
+    assert {k: model.ablation_settings[k] for k in options} == options
+    assert model.num_classes == 10 and model.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert model.pretrained_cfg.get("file") is None
+    key, value = next(iter(options.items()))
+    with pytest.raises(ValueError, match=f"{key}={value}"):
+        timm.create_model(name, **{key: not value})
+    with pytest.raises(CheckpointError, match=f"--variant {TWINS[name]}"):
+        timm.create_model(f"{name}.fmnist_64", pretrained=True)
+
+
 @pytest.mark.parametrize("tag", sorted(SHIPPED))
 def test_shipped_weights_reach_recorded_accuracy(tag):
     with torch.device("meta"):

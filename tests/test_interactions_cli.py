@@ -108,6 +108,34 @@ def test_user_errors(tmp_path):
         run("--images", tmp_path / "missing", "--out", tmp_path / "d")
 
 
+def test_compare_entry_with_checkpoint(tmp_path):
+    """``--compare NAME=CHECKPOINT`` loads NAME from the file: the same numbers as ``--model NAME
+    --checkpoint FILE``, with the file recorded as the weights and in the resume fingerprint."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    ckpt = tmp_path / "nofd.safetensors"
+    save_file(timm.create_model("moganet_xtiny_nofd").state_dict(), str(ckpt))  # 10 classes
+    common = ["--num-images", 1, "--protocol", "efficient", "--no-figure"]
+    assert run(*common, "--out", tmp_path / "a", "--compare", f"moganet_xtiny_nofd={ckpt}") == 0
+    solo = [a if a != "moganet_xtiny" else "moganet_xtiny_nofd" for a in SMALL]
+    assert main([*solo, *map(str, common), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")]) == 0
+    a, meta = load_tensors(tmp_path / "a" / "interactions_moganet_xtiny_nofd.safetensors")
+    b, _ = load_tensors(tmp_path / "b" / "interactions_moganet_xtiny_nofd.safetensors")
+    assert torch.equal(a["values"], b["values"]) and a["values"].abs().sum() > 0
+    assert meta["weights"] == str(ckpt) and meta["models"] == ["moganet_xtiny", "moganet_xtiny_nofd"]
+    per_image = InteractionResult.load(tmp_path / "a" / "moganet_xtiny_nofd" / "img_00000.safetensors")
+    assert per_image.metadata["config"]["checkpoint"] == str(ckpt)
+
+
+def test_compare_entry_errors(tmp_path):
+    with pytest.raises(ValueError, match="MODEL=CHECKPOINT"):
+        run("--num-images", 1, "--out", tmp_path, "--compare", "moganet_xtiny_nofd=")
+    with pytest.raises(ValueError, match="given twice"):
+        run("--num-images", 1, "--out", tmp_path, "--compare", "resnet18", "resnet18=x.pt")
+
+
 def test_bad_grid_exits_nonzero(tmp_path):
     p = subprocess.run(
         [

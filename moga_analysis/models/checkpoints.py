@@ -203,6 +203,7 @@ def load_pretrained(model: nn.Module, strict: bool = True) -> nn.Module:
         raise CheckpointError(
             f"no pretrained weights are defined for {cfg.get('architecture', type(model).__name__)}"
             f" (tag {cfg.get('tag')!r}); pass a checkpoint file with load_checkpoint()"
+            + (f". {cfg['description']}" if cfg.get("description") else "")
         )
     drop_head = getattr(model, "num_classes", cfg.get("num_classes")) != cfg.get("num_classes")
     return load_checkpoint(model, src, strict=strict, drop_head=drop_head)

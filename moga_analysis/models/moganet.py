@@ -270,11 +270,24 @@ _FMNIST_CLASSES = (
 )
 
 
-def _fmnist_cfg(filename: str, **kwargs: Any) -> Dict[str, Any]:
-    """Pretrained cfg of a shipped Fashion-MNIST model: 64 x 64, grayscale replicated to 3 channels."""
+def _fmnist_cfg(filename: Optional[str], variant: str = "", **kwargs: Any) -> Dict[str, Any]:
+    """Pretrained cfg of a Fashion-MNIST model: 64 x 64, grayscale replicated to 3 channels.
+
+    ``filename``: the weights shipped in the package; ``None`` for a training-time ablation whose
+    weights are not shipped (the cfg then only fixes the preprocessing; pass its checkpoint).
+    """
+    if filename is not None:
+        card = filename.removesuffix(".safetensors") + ".md"
+        kwargs.setdefault("description", f"trained by moga_analysis on Fashion-MNIST (MIT) at 64x64; card: {card}")
+    else:
+        kwargs["description"] = (
+            "Fashion-MNIST 64x64 preprocessing of a training-time ablation; weights not shipped: "
+            f"python experiments/train_fashion_mnist.py --variant {variant} --epochs 1.25 --batch-size 64 "
+            f"--warmup-steps 50 --out runs/fmnist/{variant}_e125, then --checkpoint <out>/model.safetensors"
+        )
     return _cfg(
         "",
-        file=str(_FMNIST_WEIGHTS / filename),
+        file=str(_FMNIST_WEIGHTS / filename) if filename else None,
         num_classes=10,
         input_size=(3, 64, 64),
         pool_size=(2, 2),
@@ -284,7 +297,6 @@ def _fmnist_cfg(filename: str, **kwargs: Any) -> Dict[str, Any]:
         std=(0.3530, 0.3530, 0.3530),
         label_names=_FMNIST_CLASSES,
         license="apache-2.0",
-        description=f"trained by moga_analysis on Fashion-MNIST (MIT) at 64x64; card: {filename[:-12]}.md",
         **kwargs,
     )
 
@@ -297,6 +309,9 @@ default_cfgs = generate_default_cfgs(
         ),
         "moganet_xtiny.fmnist_64": _fmnist_cfg("moganet_xtiny_fmnist_64.safetensors"),
         "moganet_xtiny_nogate.fmnist_64": _fmnist_cfg("moganet_xtiny_nogate_fmnist_64.safetensors"),
+        "moganet_xtiny_single_order.fmnist_64": _fmnist_cfg(None, "single_order"),
+        "moganet_xtiny_nofd.fmnist_64": _fmnist_cfg(None, "no_fd"),
+        "moganet_xtiny_noca.fmnist_64": _fmnist_cfg(None, "no_ca"),
         "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
         "moganet_tiny.in1k_256": _cfg(
             _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
@@ -377,7 +392,12 @@ for _alias, _target in ALIASES.items():
 
 # --------------------------------------------------------------------------- training-time ablations
 #: registered names of architectures built with ablation options (weights: Fashion-MNIST only)
-ABLATION_MODELS = {"moganet_xtiny_nogate": ("moganet_xtiny", {"gate": False})}
+ABLATION_MODELS = {
+    "moganet_xtiny_nogate": ("moganet_xtiny", {"gate": False}),
+    "moganet_xtiny_single_order": ("moganet_xtiny", {"multi_order": False}),
+    "moganet_xtiny_nofd": ("moganet_xtiny", {"use_fd": False}),
+    "moganet_xtiny_noca": ("moganet_xtiny", {"use_ca": False}),
+}
 
 
 def _create_ablated(name: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
@@ -394,3 +414,24 @@ def moganet_xtiny_nogate(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """``moganet_xtiny`` without the gate branch (``gate=False``), the training-time no-gate twin of
     the shipped ``moganet_xtiny.fmnist_64``; its only weights are ``moganet_xtiny_nogate.fmnist_64``."""
     return _create_ablated("moganet_xtiny_nogate", pretrained, **kwargs)
+
+
+@register_model
+def moganet_xtiny_single_order(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    """``moganet_xtiny`` with one depth-wise order instead of three (``multi_order=False``); a
+    training-time ablation whose Fashion-MNIST weights are not shipped (pass a checkpoint)."""
+    return _create_ablated("moganet_xtiny_single_order", pretrained, **kwargs)
+
+
+@register_model
+def moganet_xtiny_nofd(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    """``moganet_xtiny`` without feature decomposition (``use_fd=False``); a training-time ablation
+    whose Fashion-MNIST weights are not shipped (pass a checkpoint)."""
+    return _create_ablated("moganet_xtiny_nofd", pretrained, **kwargs)
+
+
+@register_model
+def moganet_xtiny_noca(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+    """``moganet_xtiny`` without channel aggregation in the MLP (``use_ca=False``); a training-time
+    ablation whose Fashion-MNIST weights are not shipped (pass a checkpoint)."""
+    return _create_ablated("moganet_xtiny_noca", pretrained, **kwargs)
