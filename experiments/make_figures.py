@@ -26,14 +26,33 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("make_figures")
 
 
+def missing_requirements(cfg):
+    """``{file: command that makes it}`` for the files a config ``requires`` that are not there."""
+    return {f: cmd for f, cmd in cfg.get("requires", {}).items() if not Path(f).exists()}
+
+
 def load_configs(names=None, include_online=False):
+    """Configs by name; by default the offline ones whose required files exist (the others are
+    skipped with a note saying how to make their files)."""
     configs = {p.stem: json.loads(p.read_text()) for p in sorted((HERE / "configs").glob("*.json"))}
     if names:
         unknown = sorted(set(names) - set(configs))
         if unknown:
             raise SystemExit(f"unknown config(s) {unknown}; have {sorted(configs)}")
+        for n in names:
+            missing = missing_requirements(configs[n])
+            if missing:
+                raise SystemExit(f"{n} needs " + "; ".join(f"{f} (made by: {c})" for f, c in missing.items()))
         return {n: configs[n] for n in names}
-    return {n: c for n, c in configs.items() if c.get("offline") or include_online}
+    chosen = {}
+    for n, c in configs.items():
+        if not (c.get("offline") or include_online):
+            continue
+        if missing_requirements(c):
+            log.info("%s skipped: it needs %s", n, ", ".join(missing_requirements(c)))
+            continue
+        chosen[n] = c
+    return chosen
 
 
 def _expand(args, placeholders):
@@ -55,6 +74,8 @@ def compute(name, cfg, run_dir: Path, placeholders, recompute=False):
         return
     tool = importlib.import_module(f"moga_analysis.{cfg['tool']}")
     argv = _expand(cfg["args"], placeholders) + ["--out", str(run_dir), "--seed", "0"]
+    if "--resume" in tool.build_parser().format_help():
+        argv.append("--resume")  # an interrupted computation continues where it stopped
     log.info("%s: python -m moga_analysis.%s %s", name, cfg["tool"], " ".join(argv))
     code = tool.main(argv)
     if code:

@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead of training: copy <out>'s finished weights into the package as NAME "
                         "(moga_analysis/assets/weights/NAME.safetensors + NAME.md card) and record "
                         "experiments/results/fmnist/<variant>.json")
+    p.add_argument("--record", action="store_true",
+                   help="instead of training: record <out>'s finished results in "
+                        "experiments/results/fmnist/<variant>.json, weights left in <out> (the twins not shipped)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
@@ -60,6 +63,38 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "moga_analysis" / "assets" / "weights"
 RESULTS = REPO / "experiments" / "results" / "fmnist"
 TAGS = {"full": "moganet_xtiny.fmnist_64", "no_gate": "moganet_xtiny_nogate.fmnist_64"}
+#: registered architectures of the twins that are not shipped (load them with --checkpoint)
+TWIN_MODELS = {
+    "single_order": "moganet_xtiny_single_order.fmnist_64",
+    "no_fd": "moganet_xtiny_nofd.fmnist_64",
+    "no_ca": "moganet_xtiny_noca.fmnist_64",
+}
+
+
+def _accuracy_on_shipped_samples(metrics, weights: Path) -> float:
+    from moga_analysis.models.checkpoints import load_checkpoint
+
+    model = training.build_model(metrics["variant"], metrics["model"], seed=metrics["config"]["seed"])
+    load_checkpoint(model, weights)
+    xs, ys = training.load_fmnist_samples()
+    return training.evaluate(model, xs, ys, preprocessed=True, device="cpu")["accuracy"]
+
+
+def record(out: Path) -> int:
+    """Record a finished run that is not shipped (a training-time twin) in the results folder."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    weights = out / "model.safetensors"
+    acc = _accuracy_on_shipped_samples(metrics, weights)
+    metrics["not_shipped"] = {
+        "weights": str(weights),
+        "timm_name": TWIN_MODELS.get(metrics["variant"]),
+        "accuracy_on_shipped_300": acc,
+        "interactions": f"--compare {TWIN_MODELS.get(metrics['variant'])}={weights}",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"{metrics['variant']}.json", json.dumps(metrics, indent=2))
+    log.info("recorded %s: test %.4f, shipped-300 %.4f", metrics["variant"], metrics["test_accuracy"], acc)
+    return 0
 
 
 def ship(out: Path, name: str) -> int:
@@ -74,12 +109,7 @@ def ship(out: Path, name: str) -> int:
     dest = WEIGHTS / f"{name}.safetensors"
     shutil.copyfile(src, dest)
     # accuracy of the shipped file on the 300 shipped test images (what tests can check offline)
-    model = training.build_model(variant, metrics["model"], seed=metrics["config"]["seed"])
-    from moga_analysis.models.checkpoints import load_checkpoint
-
-    load_checkpoint(model, dest)
-    xs, ys = training.load_fmnist_samples()
-    sample = training.evaluate(model, xs, ys, preprocessed=True, device="cpu")
+    sample = {"accuracy": _accuracy_on_shipped_samples(metrics, dest)}
     metrics["shipped"] = {
         "file": f"moga_analysis/assets/weights/{name}.safetensors",
         "dtype": "float16" if same else "float32",
@@ -130,6 +160,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.ship:
         return ship(args.out, args.ship)
+    if args.record:
+        return record(args.out)
     device = resolve_device(args.device)
     cfg = training.TrainConfig(
         model=args.model, variant=args.variant, epochs=args.epochs, subset=args.subset,

@@ -285,7 +285,7 @@ def area_ratio(erf: torch.Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOL
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _parser():
+def build_parser():
     import argparse
 
     from .cli import add_common_args, add_image_args, add_model_args
@@ -313,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .results import atomic_write_text
     from .runtime import environment_info, resolve_device
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_from_args(args)
     out = Path(args.out or "erf_out")
     out.mkdir(parents=True, exist_ok=True)

@@ -350,7 +350,7 @@ def grad_cam(
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _parser():
+def build_parser():
     import argparse
 
     from .cli import add_common_args, add_image_args, add_model_args
@@ -380,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .results import atomic_write_text
     from .runtime import environment_info, make_generator, resolve_device
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_from_args(args)
     out = Path(args.out or "gradcam_out")
     out.mkdir(parents=True, exist_ok=True)

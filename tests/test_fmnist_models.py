@@ -52,6 +52,23 @@ def test_training_time_twins_registered_without_weights(name):
         timm.create_model(f"{name}.fmnist_64", pretrained=True)
 
 
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_recorded_twin_results(name):
+    """The committed results of a twin trained here: same recipe as the shipped models, its variant's
+    constructor options, and the name/checkpoint that loads it for the interaction CLI."""
+    path = RESULTS / f"{TWINS[name]}.json"
+    if not path.exists():
+        pytest.skip(f"{path.name} not recorded yet")
+    record = json.loads(path.read_text())
+    full = json.loads((RESULTS / "full.json").read_text())
+    assert record["variant"] == TWINS[name]
+    assert record["constructor_options"] == training.VARIANTS[TWINS[name]]
+    same_recipe = {k: v for k, v in record["config"].items() if k != "variant"}
+    assert same_recipe == {k: v for k, v in full["config"].items() if k != "variant"}
+    assert record["not_shipped"]["timm_name"] == f"{name}.fmnist_64"
+    assert 0.80 <= record["test_accuracy"] <= 1.0 and record["n_test"] == 10000
+
+
 @pytest.mark.parametrize("tag", sorted(SHIPPED))
 def test_shipped_weights_reach_recorded_accuracy(tag):
     with torch.device("meta"):

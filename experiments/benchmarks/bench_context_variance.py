@@ -1,0 +1,108 @@
+"""How much of the sampling variance of Delta(i,j,S) could smarter context designs remove?
+
+The shared estimator reuses game evaluations; the other route to fewer evaluations at equal RMSE
+is lower variance per sample (stratified or balanced contexts, control variates). Those gain at
+most 1 / (1 - R^2), where R^2 is the share of Var[Delta(i,j,S)] over random contexts S that a
+model of the context explains. This script draws independent contexts per pair on a real network
+and prints, per order, the median held-out R^2 of two such models:
+
+* ``linear``: Delta regressed on the inclusion indicator of every other player (the main effects
+  that a balanced design, each player present in the same share of contexts, would cancel);
+* ``local``: Delta regressed on the number of present players within Chebyshev radius 1, 2, 3 of
+  i and of j (what stratifying by the local context would capture).
+
+Fit on one half of the samples, R^2 on the other half (so it can be negative).
+
+    python experiments/benchmarks/bench_context_variance.py                      # shipped FMNIST MogaNet
+    python experiments/benchmarks/bench_context_variance.py --model tf_efficientnet_lite0.pypi --grid 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+
+def heldout_r2(x: torch.Tensor, y: torch.Tensor) -> float:
+    h = len(y) // 2
+    x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    beta = torch.linalg.lstsq(x1[:h], y[:h, None]).solution
+    resid = y[h:] - (x1[h:] @ beta)[:, 0]
+    return float(1 - resid.var() / y[h:].var())
+
+
+def ring_counts(grid: int, i: int, j: int, present: torch.Tensor) -> torch.Tensor:
+    cols = []
+    for c in (i, j):
+        y, x = divmod(c, grid)
+        for r in (1, 2, 3):
+            cells = [yy * grid + xx for yy in range(max(0, y - r), min(grid, y + r + 1))
+                     for xx in range(max(0, x - r), min(grid, x + r + 1))]
+            cols.append(present[:, cells].sum(1, keepdim=True))
+    return torch.cat(cols, 1)
+
+
+def main(argv=None):
+    from moga_analysis.data import load_images, load_model, sample_image_paths, transform_for
+    from moga_analysis.games import ImageMaskingGame
+    from moga_analysis.interactions import _random_subsets, orders_from_ratios, reference_pairs
+    from moga_analysis.runtime import environment_info, tune_malloc
+    from moga_analysis.training import load_fmnist_samples
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="moganet_xtiny.fmnist_64")
+    p.add_argument("--grid", type=int, default=8)
+    p.add_argument("--images", type=int, default=3, help="images (shipped FMNIST test images or photos)")
+    p.add_argument("--pairs", type=int, default=3, help="reference pairs per image")
+    p.add_argument("--samples", type=int, default=600, help="independent contexts per pair and order")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--batch-size", type=int, default=256)
+    args = p.parse_args(argv)
+    tune_malloc()
+    model = load_model(args.model, device="cpu")
+    if args.model.endswith("fmnist_64"):
+        images, labels = load_fmnist_samples()
+        picks = torch.linspace(0, len(images) - 1, args.images).long().tolist()
+        items = [(images[k], int(labels[k])) for k in picks]
+    else:
+        x, _, _ = load_images(sample_image_paths()[: args.images], transform=transform_for(model))
+        items = [(img, None) for img in x]
+    n = args.grid**2
+    orders = orders_from_ratios(args.ratios, n)
+    gen = torch.Generator().manual_seed(0)
+    r2 = {m: {"linear": [], "local": []} for m in orders}
+    for k, (image, label) in enumerate(items):
+        game = ImageMaskingGame(model, image, target=label, grid=args.grid, batch_size=args.batch_size)
+        pairs = reference_pairs(args.grid, args.pairs, generator=torch.Generator().manual_seed(k))
+        for m in orders:
+            for i, j in pairs.tolist():
+                K = args.samples
+                excl = torch.zeros(K, n, dtype=torch.bool)
+                excl[:, [i, j]] = True
+                S = _random_subsets(K, n, m, gen, excl)
+                Si, Sj = S.clone(), S.clone()
+                Si[:, i] = True
+                Sj[:, j] = True
+                Sij = Si.clone()
+                Sij[:, j] = True
+                v = game(torch.cat([Sij, Si, Sj, S]))
+                delta = v[:K] - v[K:2 * K] - v[2 * K:3 * K] + v[3 * K:]
+                others = [c for c in range(n) if c not in (i, j)]
+                r2[m]["linear"].append(heldout_r2(S[:, others], delta))
+                r2[m]["local"].append(heldout_r2(ring_counts(args.grid, i, j, S), delta))
+    env = environment_info()
+    print(f"model {args.model}, grid {args.grid}, {len(items)} images x {args.pairs} pairs, "
+          f"{args.samples} contexts per pair and order, torch {env.get('torch')}")
+    print("| order m | m/(n-2) | median R^2 linear | median R^2 local | variance ceiling 1/(1-R^2) |")
+    print("|---|---|---|---|---|")
+    for m in orders:
+        lin = statistics.median(r2[m]["linear"])
+        loc = statistics.median(r2[m]["local"])
+        best = max(lin, loc, 0.0)
+        print(f"| {m} | {m / (n - 2):.2f} | {lin:.2f} | {loc:.2f} | {1 / (1 - best):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

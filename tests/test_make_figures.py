@@ -1,0 +1,47 @@
+"""experiments/make_figures.py: every committed config parses with its tool, and configs whose
+required files are missing are skipped (by default) or refused (when named) with the command."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mf():
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "experiments" / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_config_parses_with_its_tool(mf):
+    configs = mf.load_configs([p.stem for p in (ROOT / "experiments" / "configs").glob("*.json")
+                               if not mf.missing_requirements(json.loads(p.read_text()))])
+    assert "interactions_fmnist" in configs and "ablation_fmnist" in configs
+    for name, cfg in configs.items():
+        tool = importlib.import_module(f"moga_analysis.{cfg['tool']}")
+        argv = mf._expand(cfg["args"], {"fmnist": "/data/fmnist", "imagenet_val": "/data/val"})
+        args = tool.build_parser().parse_args(argv + ["--out", "/tmp/x", "--seed", "0"])
+        assert args.out == "/tmp/x", name
+        assert mf.PLOTTERS[cfg["tool"]], name
+
+
+def test_requirements_skip_or_refuse(mf, tmp_path, monkeypatch, caplog):
+    (tmp_path / "configs").mkdir()
+    needed = tmp_path / "weights.safetensors"
+    cfg = {"tool": "interactions", "offline": True, "args": [],
+           "requires": {str(needed): "python train.py --out somewhere"}}
+    (tmp_path / "configs" / "needs_weights.json").write_text(json.dumps(cfg))
+    (tmp_path / "configs" / "plain.json").write_text(json.dumps({"tool": "erf", "offline": True, "args": []}))
+    monkeypatch.setattr(mf, "HERE", tmp_path)
+    with caplog.at_level("INFO", logger="make_figures"):
+        assert list(mf.load_configs()) == ["plain"]
+    assert "needs_weights skipped" in caplog.text
+    with pytest.raises(SystemExit, match="python train.py --out somewhere"):
+        mf.load_configs(["needs_weights"])
+    needed.write_bytes(b"x")
+    assert list(mf.load_configs()) == ["needs_weights", "plain"]
