@@ -2,8 +2,10 @@
 
 1. Masked-evaluation overhead: ImageMaskingGame(masks) vs plain batched inference on the same
    number of rows (same model, batch size, device).
-2. Evaluations per pair-sample of the two estimators for the reference protocol (counted).
-3. Shared vs independent at equal RMSE of I^(m)(i,j) on a trained network (default: the shipped
+2. Peak memory of CLI runs on 1 and 4 images (it should not grow with the number of images).
+3. Evaluations per pair-sample of the two estimators for the reference protocol (counted), and
+   the ceiling of any design that shares one context among all pairs.
+4. Shared vs independent at equal RMSE of I^(m)(i,j) on a trained network (default: the shipped
    Fashion-MNIST MogaNet, 64 px, 8 x 8 grid, reference pairs): both estimators draw
    i.i.d. second differences of the same distribution per pair, so the variance of each estimate
    is stderr^2 (calibrated in tests/test_interactions.py); the evaluation ratio at equal RMSE is
@@ -35,6 +37,30 @@ def timed(fn, reps):
     return t[len(t) // 2]
 
 
+def peak_memory(n_images: int, device: str):
+    """(peak RSS, peak CUDA memory) in MB of ``python -m moga_analysis.interactions`` on ``n_images``
+    shipped photos (MogaNet-XT, random weights, 112 px, 14 x 14 grid, 8 pairs, 4 contexts, 13 orders)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "112", "--grid", "14",
+                "--pairs", "8", "--contexts", "4", "--num-images", str(n_images), "--device", device,
+                "--out", out, "--no-figure", "--no-progress", "-q"]
+        code = (
+            "import json, resource, torch\n"
+            "from moga_analysis.interactions import main\n"
+            f"main({json.dumps(argv)})\n"
+            "cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
+            "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, cuda]))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss, cuda = json.loads(done.stdout.strip().splitlines()[-1])
+    return rss, cuda
+
+
 def main(argv=None):
     import moga_analysis  # noqa: F401
     from moga_analysis.data import load_images, load_model, sample_image_paths
@@ -59,6 +85,8 @@ def main(argv=None):
     p.add_argument("--rmse-grid", type=int, default=8)
     p.add_argument("--rmse-pairs", type=int, default=16)
     p.add_argument("--rmse-contexts", type=int, default=16)
+    p.add_argument("--memory-images", type=int, nargs="*", default=[1, 4],
+                   help="peak memory of CLI runs on this many shipped photos each (none: skip)")
     args = p.parse_args(argv)
     tune_malloc()
     dev = resolve_device(args.device)
@@ -92,7 +120,11 @@ def main(argv=None):
 
     if args.only_overhead:
         return _print(rows, args, dev, environment_info)
-    # 2. counted evaluations, reference protocol (50 pairs, 50 contexts, 13 ratios), no network
+    # 2. peak memory against the number of images
+    for n_img in args.memory_images:
+        rss, cuda = peak_memory(n_img, args.device)
+        rows.append((f"peak memory of a CLI run on {n_img} image(s): RSS / CUDA (MB)", f"{rss:.0f} / {cuda:.0f}"))
+    # 3. counted evaluations, reference protocol (50 pairs, 50 contexts, 13 ratios), no network
     n = 196
     orders = orders_from_ratios(REFERENCE_RATIOS, n)
     pairs = reference_pairs(14, 50, generator=torch.Generator().manual_seed(0))
@@ -112,7 +144,7 @@ def main(argv=None):
         (f"ceiling of sharing one context: 4P/(1+U+P), P={P} pairs, U={U} players", f"{4 * P / (1 + U + P):.2f}"),
     ]
 
-    # 3. equal RMSE on a trained network (default: the shipped Fashion-MNIST MogaNet at 64 px)
+    # 4. equal RMSE on a trained network (default: the shipped Fashion-MNIST MogaNet at 64 px)
     rmse_model = load_model(args.rmse_model, device=dev) if args.rmse_model else model
     if args.rmse_model and args.rmse_model.endswith("fmnist_64"):
         from moga_analysis.training import load_fmnist_samples
