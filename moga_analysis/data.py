@@ -23,6 +23,7 @@ __all__ = [
     "transform_for",
     "data_config_for",
     "load_images",
+    "shipped_examples",
     "imagenet_class_names",
     "imagenet_synset_to_index",
     "class_names_for",
@@ -113,6 +114,25 @@ def load_images(
     if not tensors:
         raise ValueError(f"none of the {len(skipped)} images could be read: {[str(s[0]) for s in skipped][:5]}")
     return torch.stack(tensors), kept, skipped
+
+
+def shipped_examples(model: nn.Module, n: int) -> List[Tuple[torch.Tensor, Optional[int]]]:
+    """``n`` examples shipped with the package, preprocessed for ``model``, as ``(image, label)``.
+
+    A Fashion-MNIST model (pretrained tag ``fmnist_*``) gets ``n`` evenly spaced images of the 300
+    shipped test images with their labels; any other model gets the first ``n`` shipped photos
+    with their ImageNet label where one is clearly right, else ``None`` (use the predicted class).
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if str(cfg.get("tag") or "").startswith("fmnist"):
+        from .training import load_fmnist_samples
+
+        images, labels = load_fmnist_samples()
+        picks = torch.linspace(0, len(images) - 1, n).long().tolist()
+        return [(images[i], int(labels[i])) for i in picks]
+    paths = sample_image_paths()[:n]
+    images, kept, _ = load_images(paths, model)
+    return [(img, SAMPLE_LABELS.get(p.stem)) for img, p in zip(images, kept)]
 
 
 def imagenet_class_names() -> List[str]:

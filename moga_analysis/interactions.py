@@ -540,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=None, help="square input size (default: the model's)")
     g.add_argument("--dtype", default="float32", help="model dtype: float32 (default), bfloat16, float16")
     g.add_argument("--channels-last", action="store_true", help="channels-last forward passes")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
     g.add_argument("--resume", action="store_true", help="keep finished per-image results in --out and do the rest")
     g.add_argument(
         "--normalization",
@@ -645,6 +646,8 @@ def run_model(
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     transform = transform_for(model, size=args.image_size)
+    if args.compile:
+        model = torch.compile(model)
     grid = int(settings["grid"])
     n = grid * grid
     orders = orders_from_ratios(settings["ratios"], n)

@@ -159,6 +159,16 @@ def test_bad_grid_exits_nonzero(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_matches_eager(full_run, tmp_path):
+    """--compile (torch.compile, inductor on CPU) gives the eager numbers up to float rounding."""
+    assert run("--num-images", 2, "--out", tmp_path, "--protocol", "efficient", "--compile", "--no-figure") == 0
+    a, _ = load_tensors(full_run / "interactions_moganet_xtiny.safetensors")
+    b, _ = load_tensors(tmp_path / "interactions_moganet_xtiny.safetensors")
+    assert torch.allclose(a["values"], b["values"], rtol=1e-3, atol=1e-4)
+    assert not torch.equal(a["values"], torch.zeros_like(a["values"]))
+
+
+@pytest.mark.slow
 def test_two_process_gloo_matches_one_process(full_run, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -45,11 +45,10 @@ def ring_counts(grid: int, i: int, j: int, present: torch.Tensor) -> torch.Tenso
 
 
 def main(argv=None):
-    from moga_analysis.data import load_images, load_model, sample_image_paths, transform_for
+    from moga_analysis.data import load_model, shipped_examples
     from moga_analysis.games import ImageMaskingGame
     from moga_analysis.interactions import _random_subsets, orders_from_ratios, reference_pairs
     from moga_analysis.runtime import environment_info, tune_malloc
-    from moga_analysis.training import load_fmnist_samples
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="moganet_xtiny.fmnist_64")
@@ -62,13 +61,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     tune_malloc()
     model = load_model(args.model, device="cpu")
-    if args.model.endswith("fmnist_64"):
-        images, labels = load_fmnist_samples()
-        picks = torch.linspace(0, len(images) - 1, args.images).long().tolist()
-        items = [(images[k], int(labels[k])) for k in picks]
-    else:
-        x, _, _ = load_images(sample_image_paths()[: args.images], transform=transform_for(model))
-        items = [(img, None) for img in x]
+    items = shipped_examples(model, args.images)
     n = args.grid**2
     orders = orders_from_ratios(args.ratios, n)
     gen = torch.Generator().manual_seed(0)

@@ -63,7 +63,7 @@ def peak_memory(n_images: int, device: str):
 
 def main(argv=None):
     import moga_analysis  # noqa: F401
-    from moga_analysis.data import load_images, load_model, sample_image_paths
+    from moga_analysis.data import load_images, load_model, sample_image_paths, shipped_examples
     from moga_analysis.games import ImageMaskingGame
     from moga_analysis.interactions import REFERENCE_RATIOS, estimate_interactions, orders_from_ratios, reference_pairs
     from moga_analysis.runtime import environment_info, resolve_device, tune_malloc
@@ -80,7 +80,6 @@ def main(argv=None):
     p.add_argument("--rmse-model", default="moganet_xtiny.fmnist_64",
                    help="trained model of the equal-RMSE measurement ('' = --model)")
     p.add_argument("--rmse-images", type=int, default=2)
-    p.add_argument("--rmse-size", type=int, default=112, help="input size of the equal-RMSE images (photos)")
     p.add_argument("--only-overhead", action="store_true", help="skip the estimator comparisons")
     p.add_argument("--rmse-grid", type=int, default=8)
     p.add_argument("--rmse-pairs", type=int, default=16)
@@ -146,15 +145,7 @@ def main(argv=None):
 
     # 4. equal RMSE on a trained network (default: the shipped Fashion-MNIST MogaNet at 64 px)
     rmse_model = load_model(args.rmse_model, device=dev) if args.rmse_model else model
-    if args.rmse_model and args.rmse_model.endswith("fmnist_64"):
-        from moga_analysis.training import load_fmnist_samples
-
-        xs, ys = load_fmnist_samples()
-        picks = torch.linspace(0, len(xs) - 1, args.rmse_images).long().tolist()
-        items = [(xs[i], int(ys[i])) for i in picks]
-    else:
-        img, _, _ = load_images(sample_image_paths()[: args.rmse_images], rmse_model, size=args.rmse_size)
-        items = [(im, None) for im in img]
+    items = shipped_examples(rmse_model, args.rmse_images)
     nr = args.rmse_grid**2
     orders_r = orders_from_ratios(REFERENCE_RATIOS, nr)
     evals = {"independent": 0, "shared": 0}
