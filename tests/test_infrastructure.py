@@ -111,3 +111,18 @@ def test_labeled_folder_layouts(tmp_path):
 def test_load_model_errors():
     with pytest.raises(ValueError, match="unknown model"):
         data.load_model("moganet_gigantic")
+
+
+def test_shipped_examples_follow_the_model():
+    from moga_analysis.data import SAMPLE_LABELS, sample_image_paths, shipped_examples
+    from moga_analysis.training import load_fmnist_samples
+
+    fmnist = timm.create_model("moganet_xtiny.fmnist_64")  # the tag's preprocessing; weights not needed
+    items = shipped_examples(fmnist, 3)
+    images, labels = load_fmnist_samples()
+    assert [y for _, y in items] == [int(labels[0]), int(labels[149]), int(labels[299])]
+    assert torch.equal(items[1][0], images[149])
+    photo_model = timm.create_model("resnet18", pretrained=False)
+    items = shipped_examples(photo_model, 4)
+    assert [y for _, y in items] == [SAMPLE_LABELS[p.stem] for p in sample_image_paths()[:4]]
+    assert items[0][0].shape == (3, 224, 224)
