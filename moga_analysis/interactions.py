@@ -46,6 +46,8 @@ __all__ = [
     "relative_strength",
     "strength_per_image",
     "bootstrap_relative_strength",
+    "paired_band_difference",
+    "ORDER_BANDS",
     "reference_pairs",
     "orders_from_ratios",
     "REFERENCE_RATIOS",
@@ -475,6 +477,60 @@ def bootstrap_relative_strength(
     q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
     lo, hi = torch.quantile(Jb, q, dim=0)
     return J, lo, hi
+
+
+#: order bands as ranges of m / (n - 2): low and high orders and the middle between them
+ORDER_BANDS = {"low": (0.05, 0.2), "middle": (0.3, 0.6), "high": (0.7, 0.95)}
+
+
+def paired_band_difference(
+    per_image_a: torch.Tensor,
+    per_image_b: torch.Tensor,
+    orders,
+    n_players: int,
+    bands: Optional[Dict[str, Tuple[float, float]]] = None,
+    *,
+    n_boot: int = 4000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Dict[str, Dict[str, float]]:
+    """Model b against model a in absolute interaction strength, per band of orders.
+
+    ``per_image_a``, ``per_image_b``: ``[n_images, n_orders]`` mean |I^(m)| per image of two models
+    on the **same** images, pairs and contexts (same seed), so the difference is paired per image.
+    For each band (``{name: (lo, hi)}`` in m/(n-2), inclusive, the ends mapped to orders as in
+    :func:`orders_from_ratios`; default :data:`ORDER_BANDS`) the
+    per-image difference b - a is averaged over the band's evaluated orders; returned per band:
+    ``diff`` (mean over images), ``lower``/``upper`` (percentile bootstrap over images),
+    ``relative`` (diff / a's mean in the band) and the ``orders`` used.
+    """
+    a = torch.as_tensor(per_image_a, dtype=torch.float64)
+    b = torch.as_tensor(per_image_b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(
+            f"need two [n_images, n_orders] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    orders_t = torch.as_tensor(orders)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(a.shape[0], (n_boot, a.shape[0]), generator=gen)
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+    out = {}
+    for name, (lo, hi) in (bands or ORDER_BANDS).items():
+        # the band's ends mapped to orders by the rule that maps ratios to orders, m = int((n-2) r)
+        m_lo, m_hi = int((n_players - 2) * lo), int((n_players - 2) * hi)
+        sel = ((orders_t >= m_lo) & (orders_t <= m_hi)).nonzero().flatten()
+        if len(sel) == 0:
+            raise ValueError(f"band {name!r} ({lo}-{hi}) holds none of the evaluated orders")
+        d = (b[:, sel] - a[:, sel]).mean(1)
+        lower, upper = torch.quantile(d[idx].mean(1), q)
+        out[name] = dict(
+            diff=float(d.mean()),
+            lower=float(lower),
+            upper=float(upper),
+            relative=float(d.mean() / a[:, sel].mean()),
+            orders=[int(o) for o in orders_t[sel]],
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -245,3 +245,31 @@ def test_result_roundtrip(tmp_path, big_game):
     r.save(tmp_path / "r.safetensors")
     back = InteractionResult.load(tmp_path / "r.safetensors")
     assert torch.equal(back.values, r.values) and back.n_evaluations == r.n_evaluations and back.method == r.method
+
+
+def test_paired_band_difference_known_answers():
+    from moga_analysis.interactions import paired_band_difference
+
+    n = 22  # orders 0, 1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19, 20 = REFERENCE_RATIOS * 20
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(6, len(orders), generator=gen, dtype=torch.float64) + 1
+    shift = torch.zeros(len(orders), dtype=torch.float64)
+    ratio = torch.tensor(orders, dtype=torch.float64) / (n - 2)
+    shift[(ratio >= 0.3) & (ratio <= 0.6)] = 0.25  # b = a + 0.25 at middle orders only
+    out = paired_band_difference(a, a + shift, orders, n)
+    assert out["middle"]["orders"] == [6, 8, 10, 12]
+    assert out["middle"]["diff"] == pytest.approx(0.25)
+    assert out["middle"]["lower"] == pytest.approx(0.25) and out["middle"]["upper"] == pytest.approx(0.25)
+    mid = [orders.index(o) for o in out["middle"]["orders"]]
+    assert out["middle"]["relative"] == pytest.approx(0.25 / a[:, mid].mean().item())
+    for band in ("low", "high"):
+        assert out[band]["diff"] == 0 and out[band]["lower"] == 0 and out[band]["upper"] == 0
+    # a per-image difference that varies: the interval holds the mean and has width
+    noisy = a + shift + 0.1 * torch.randn(6, len(orders), generator=gen, dtype=torch.float64)
+    r = paired_band_difference(a, noisy, orders, n)["middle"]
+    assert r["lower"] < r["diff"] < r["upper"]
+    with pytest.raises(ValueError, match="holds none"):
+        paired_band_difference(a, a, orders, n, {"empty": (0.65, 0.69)})  # m = 13 only
+    with pytest.raises(ValueError, match="one shape"):
+        paired_band_difference(a, a[:3], orders, n)

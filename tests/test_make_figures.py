@@ -45,3 +45,17 @@ def test_requirements_skip_or_refuse(mf, tmp_path, monkeypatch, caplog):
         mf.load_configs(["needs_weights"])
     needed.write_bytes(b"x")
     assert list(mf.load_configs()) == ["needs_weights", "plain"]
+
+
+def test_compare_interactions_tables_from_committed_results(tmp_path, capsys):
+    """The committed offline results reproduce their committed tables."""
+    script = ROOT / "experiments" / "compare_interactions.py"
+    spec = importlib.util.spec_from_file_location("compare_interactions", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = ROOT / "experiments" / "results" / "offline_figures" / "interactions_fmnist"
+    assert module.main([str(folder), "--out", str(tmp_path / "t.md")]) == 0
+    printed = capsys.readouterr().out
+    committed = (folder / "tables.md").read_text()
+    assert printed in committed and "| moganet_xtiny_nogate.fmnist_64 |" in printed
+    assert "| model | low | middle | high |" in printed

@@ -1,0 +1,84 @@
+"""Tables from saved interaction results: J^(m) per model, and each model against a reference in
+absolute strength per band of orders (paired over images, bootstrap intervals).
+
+    python experiments/compare_interactions.py runs/figures/interactions_fmnist_twins \
+        --reference moganet_xtiny.fmnist_64 --out experiments/results/fmnist/interactions_fmnist_twins/tables.md
+
+Reads the ``interactions_<model>.safetensors`` files the interactions CLI writes; computes nothing
+but statistics of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    from moga_analysis.interactions import ORDER_BANDS, paired_band_difference, relative_strength
+    from moga_analysis.results import load_tensors
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, help="folder with interactions_<model>.safetensors files")
+    p.add_argument("--reference", default=None, help="model the others are compared with (default: the first)")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+
+    runs = {}
+    for f in sorted(args.results.glob("interactions_*.safetensors")):
+        tensors, meta = load_tensors(f)
+        runs[meta["model"]] = (tensors, meta)
+    if not runs:
+        raise SystemExit(f"no interactions_*.safetensors in {args.results}")
+    order = next(iter(runs.values()))[1].get("models", list(runs))
+    names = [m for m in order if m in runs] + [m for m in runs if m not in order]
+    ref = args.reference or names[0]
+    if ref not in runs:
+        raise SystemExit(f"--reference {ref!r} is not among {names}")
+    t0, m0 = runs[ref]
+    n = int(m0["settings"]["grid"]) ** 2
+    orders = t0["orders"]
+    n_img = t0["mean_abs"].shape[0]
+    s = m0["settings"]
+    lines = [
+        f"Settings: {n_img} images, grid {s['grid']} (n = {n}), {s['pairs']} pairs, {s['contexts']} contexts "
+        f"({s['method']}), baseline {s['baseline']}, {s['output']}, seed {s['seed']}.",
+        "",
+        "J^(m) (normalised over the evaluated orders), columns m/(n-2):",
+        "",
+        "| model | " + " | ".join(f"{float(o) / (n - 2):.2f}" for o in orders) + " |",
+        "|---|" + "---|" * len(orders),
+    ]
+    for name in names:
+        J = relative_strength(runs[name][0]["mean_abs"][:, :, None], orders, n)
+        lines.append(f"| {name} | " + " | ".join(f"{j:.2f}" for j in J.tolist()) + " |")
+    lines += ["", "Mean |I^(m)| and, in brackets, the noise floor sqrt(2/pi) * mean stderr; columns m:", "",
+              "| model | " + " | ".join(str(int(o)) for o in orders) + " |", "|---|" + "---|" * len(orders)]
+    for name in names:
+        t = runs[name][0]
+        means, floors = t["mean_abs"].mean(0).tolist(), t["noise_floor"].mean(0).tolist()
+        cells = [f"{a:.3f} ({f:.3f})" for a, f in zip(means, floors)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    bands = " / ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in ORDER_BANDS.items())
+    lines += ["", f"Against {ref}: difference in mean |I^(m)| per band of m/(n-2) ({bands}), paired over "
+              "images, 95 % bootstrap interval, relative to the reference:", "",
+              "| model | " + " | ".join(ORDER_BANDS) + " |", "|---|" + "---|" * len(ORDER_BANDS)]
+    for name in names:
+        if name == ref:
+            continue
+        d = paired_band_difference(t0["mean_abs"], runs[name][0]["mean_abs"], orders, n)
+        cells = [f"{r['diff']:+.4f} [{r['lower']:+.4f}, {r['upper']:+.4f}] ({r['relative']:+.0%})"
+                 for r in d.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = f"python experiments/compare_interactions.py {args.results} --reference {ref}"
+        args.out.write_text(f"Made by `{command}`.\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
