@@ -493,16 +493,16 @@ def paired_band_difference(
     n_boot: int = 4000,
     level: float = 0.95,
     seed: int = 0,
-) -> Dict[str, Dict[str, float]]:
+) -> Dict[str, Dict[str, Any]]:
     """Model b against model a in absolute interaction strength, per band of orders.
 
     ``per_image_a``, ``per_image_b``: ``[n_images, n_orders]`` mean |I^(m)| per image of two models
     on the **same** images, pairs and contexts (same seed), so the difference is paired per image.
     For each band (``{name: (lo, hi)}`` in m/(n-2), inclusive, the ends mapped to orders as in
-    :func:`orders_from_ratios`; default :data:`ORDER_BANDS`) the
-    per-image difference b - a is averaged over the band's evaluated orders; returned per band:
-    ``diff`` (mean over images), ``lower``/``upper`` (percentile bootstrap over images),
-    ``relative`` (diff / a's mean in the band) and the ``orders`` used.
+    :func:`orders_from_ratios`; default :data:`ORDER_BANDS`) the per-image difference b - a is
+    averaged over the band's evaluated orders. Returned per band: ``diff`` (mean over images),
+    ``lower``/``upper`` (percentile bootstrap over images), ``relative`` (diff / a's mean in the
+    band) and the ``orders`` used.
     """
     a = torch.as_tensor(per_image_a, dtype=torch.float64)
     b = torch.as_tensor(per_image_b, dtype=torch.float64)
