@@ -62,13 +62,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "moga_analysis" / "assets" / "weights"
 RESULTS = REPO / "experiments" / "results" / "fmnist"
-TAGS = {"full": "moganet_xtiny.fmnist_64", "no_gate": "moganet_xtiny_nogate.fmnist_64"}
-#: registered architectures of the twins that are not shipped (load them with --checkpoint)
-TWIN_MODELS = {
-    "single_order": "moganet_xtiny_single_order.fmnist_64",
-    "no_fd": "moganet_xtiny_nofd.fmnist_64",
-    "no_ca": "moganet_xtiny_noca.fmnist_64",
-}
+SHIPPED_VARIANTS = ("full", "no_gate")  # their fmnist_64 tags point at weights inside the package
+
+
+def timm_name(variant: str) -> str:
+    """The registered name (with the fmnist_64 tag) of the architecture a variant trains."""
+    from moga_analysis.models.moganet import ABLATION_MODELS
+
+    options = training.VARIANTS[variant]
+    if not options:
+        return "moganet_xtiny.fmnist_64"
+    return next(f"{name}.fmnist_64" for name, (_, opts) in ABLATION_MODELS.items() if opts == options)
+
+
+def shipped_tag(variant: str):
+    return timm_name(variant) if variant in SHIPPED_VARIANTS else None
 
 
 def _accuracy_on_shipped_samples(metrics, weights: Path) -> float:
@@ -87,9 +95,9 @@ def record(out: Path) -> int:
     acc = _accuracy_on_shipped_samples(metrics, weights)
     metrics["not_shipped"] = {
         "weights": str(weights),
-        "timm_name": TWIN_MODELS.get(metrics["variant"]),
+        "timm_name": timm_name(metrics["variant"]),
         "accuracy_on_shipped_300": acc,
-        "interactions": f"--compare {TWIN_MODELS.get(metrics['variant'])}={weights}",
+        "interactions": f"--compare {timm_name(metrics['variant'])}={weights}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"{metrics['variant']}.json", json.dumps(metrics, indent=2))
@@ -114,12 +122,12 @@ def ship(out: Path, name: str) -> int:
         "file": f"moga_analysis/assets/weights/{name}.safetensors",
         "dtype": "float16" if same else "float32",
         "bytes": dest.stat().st_size,
-        "timm_tag": TAGS.get(variant),
+        "timm_tag": shipped_tag(variant),
         "accuracy_on_shipped_300": sample["accuracy"],
     }
     cfg = metrics["config"]
     ep = cfg["epochs"]
-    tag = TAGS.get(variant)
+    tag = shipped_tag(variant)
     load = (f'timm.create_model("{tag}", pretrained=True)' if tag else
             f"training.build_model({variant!r}) + load_checkpoint(model, PATH)")
     card = f"""# {name}
