@@ -86,7 +86,7 @@ def compute(name, cfg, run_dir: Path, placeholders, recompute=False):
 
 # ----------------------------------------------------------------------------- plotting from saved results
 def plot_interactions(run_dir: Path):
-    from moga_analysis.plotting.interactions import plot_relative_strength
+    from moga_analysis.interactions.plot import plot_relative_strength
     from moga_analysis.results import load_tensors
 
     curves, order = [], []

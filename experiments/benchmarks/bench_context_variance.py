@@ -47,7 +47,8 @@ def ring_counts(grid: int, i: int, j: int, present: torch.Tensor) -> torch.Tenso
 def main(argv=None):
     from moga_analysis.data import load_model, shipped_examples
     from moga_analysis.games import ImageMaskingGame
-    from moga_analysis.interactions import _random_subsets, orders_from_ratios, reference_pairs
+    from moga_analysis.interactions import orders_from_ratios, reference_pairs
+    from moga_analysis.interactions.estimators import _random_subsets
     from moga_analysis.runtime import environment_info, tune_malloc
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

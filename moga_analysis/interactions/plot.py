@@ -30,8 +30,8 @@ def plot_relative_strength(
     """
     import matplotlib.pyplot as plt
 
-    from ..interactions import bootstrap_relative_strength
-    from .style import paper_style
+    from .strength import bootstrap_relative_strength
+    from ..plotting.style import paper_style
 
     with paper_style():
         if ax is None:

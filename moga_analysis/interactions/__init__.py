@@ -1,0 +1,54 @@
+"""Multi-order game-theoretic interactions I^(m)(i,j) and their relative strength J^(m).
+
+* :mod:`.games`: value functions (the image-masking game, synthetic games with closed forms);
+* :mod:`.design`: orders and pairs (the reference protocol's grid and pair rule);
+* :mod:`.estimators`: exact and sampled I^(m)(i,j) (:class:`InteractionResult`);
+* :mod:`.strength`: J^(m), bootstrap bands, paired band differences;
+* :mod:`.pipeline`: settings and the computation over models x images that the CLI, the
+  notebooks and the figures share; :mod:`.plot`: figures from saved results;
+* ``python -m moga_analysis.interactions``: the command line (:mod:`.cli`).
+"""
+
+from .design import REFERENCE_RATIOS, orders_from_ratios, reference_pairs
+from .estimators import InteractionResult, estimate_interactions, exact_interactions
+from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
+from .strength import (
+    ORDER_BANDS,
+    bootstrap_relative_strength,
+    paired_band_difference,
+    relative_strength,
+    strength_per_image,
+)
+
+__all__ = [
+    "BASELINES",
+    "HarsanyiGame",
+    "ImageMaskingGame",
+    "InteractionResult",
+    "ORDER_BANDS",
+    "OUTPUTS",
+    "REFERENCE_RATIOS",
+    "bootstrap_relative_strength",
+    "estimate_interactions",
+    "exact_interactions",
+    "main",
+    "orders_from_ratios",
+    "paired_band_difference",
+    "reference_pairs",
+    "relative_strength",
+    "strength_per_image",
+]
+
+
+def main(argv=None) -> int:
+    """The command line, ``python -m moga_analysis.interactions`` (see :mod:`.cli`)."""
+    from .cli import main as _main
+
+    return _main(argv)
+
+
+def build_parser():
+    """The command line's argument parser (see :mod:`.cli`)."""
+    from .cli import build_parser as _build
+
+    return _build()
