@@ -4,14 +4,16 @@
 * :mod:`.design`: orders and pairs (the reference protocol's grid and pair rule);
 * :mod:`.estimators`: exact and sampled I^(m)(i,j) (:class:`InteractionResult`);
 * :mod:`.strength`: J^(m), bootstrap bands, paired band differences;
+* :mod:`.maps`: per-cell maps of I^(m) by band of orders (:mod:`.map_plot` draws them);
 * :mod:`.pipeline`: settings and the computation over models x images that the CLI, the
   notebooks and the figures share; :mod:`.plot`: figures from saved results;
 * ``python -m moga_analysis.interactions``: the command line (:mod:`.cli`).
 """
 
-from .design import REFERENCE_RATIOS, orders_from_ratios, reference_pairs
+from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence, reference_pairs
 from .estimators import InteractionResult, estimate_interactions, exact_interactions
 from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
+from .maps import InteractionMaps, MapDifference, interaction_maps, map_difference, maps_from_result
 from .strength import (
     ORDER_BANDS,
     bootstrap_relative_strength,
@@ -24,15 +26,22 @@ __all__ = [
     "BASELINES",
     "HarsanyiGame",
     "ImageMaskingGame",
+    "InteractionMaps",
     "InteractionResult",
+    "MapDifference",
     "ORDER_BANDS",
     "OUTPUTS",
     "REFERENCE_RATIOS",
     "bootstrap_relative_strength",
     "estimate_interactions",
     "exact_interactions",
+    "interaction_maps",
     "main",
+    "map_difference",
+    "map_pairs",
+    "maps_from_result",
     "orders_from_ratios",
+    "pair_incidence",
     "paired_band_difference",
     "reference_pairs",
     "relative_strength",
