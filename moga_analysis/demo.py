@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import torch
-
 log = logging.getLogger(__name__)
 
 FULL = "moganet_xtiny.fmnist_64"
@@ -34,32 +32,6 @@ QUICK = dict(fmnist_images=6, grid=8, pairs=12, contexts=12, photo_grid=7, photo
              ablation_images=300, erf_images=16)
 #: 11 of the 13 reference ratios (0.3 and 0.7 dropped to save time)
 RATIOS = ["0", "0.05", "0.1", "0.2", "0.4", "0.5", "0.6", "0.8", "0.9", "0.95", "1"]
-
-
-def write_fmnist_folder(folder: Path, n: Optional[int] = None) -> Path:
-    """Write the shipped Fashion-MNIST test images as 64 x 64 PNG files plus ``labels.txt``.
-
-    The images are upsampled exactly as the shipped models were trained (bilinear, 28 -> 64), so the
-    command-line tools' timm preprocessing (resize to 64, crop 1.0) leaves them unchanged.
-    """
-    from PIL import Image
-
-    from .training import load_fmnist_samples
-
-    images, labels = load_fmnist_samples(normalize=False)
-    if n is not None:
-        images, labels = images[:n], labels[:n]
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("fmnist_*.png"):  # a folder left by a run with other settings
-        stale.unlink()
-    pixels = images[:, 0].mul(255).round().clamp(0, 255).to(torch.uint8)
-    lines = []
-    for i, (img, lab) in enumerate(zip(pixels, labels)):
-        name = f"fmnist_{i:04d}.png"
-        Image.fromarray(img.numpy(), mode="L").save(folder / name)
-        lines.append(f"{name} {int(lab)}")
-    (folder / "labels.txt").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def _step(name: str, fn: Callable[[Sequence[str]], int], argv: List[str], summary: Dict[str, Any]) -> bool:
@@ -88,6 +60,7 @@ def _effnet_available() -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import ablation, erf, gradcam, interactions
+    from .fmnist import write_fmnist_folder
     from .runtime import setup_logging, tune_malloc
 
     p = argparse.ArgumentParser(prog="python -m moga_analysis.demo", description=__doc__,

@@ -13,9 +13,15 @@ import torch
 
 __all__ = [
     "resolve_device",
+    "analysis_device",
     "resolve_dtype",
     "model_device",
     "eval_mode",
+    "frozen_parameters",
+    "MEMORY_FORMATS",
+    "choose_memory_format",
+    "uses_channels_last",
+    "prepare_model",
     "make_generator",
     "progress",
     "setup_logging",
@@ -41,6 +47,21 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available here")
+    return dev
+
+
+def analysis_device(device: Union[str, torch.device, None] = "auto", world: int = 1) -> torch.device:
+    """The device of an analysis: :func:`resolve_device`, on CUDA the ``LOCAL_RANK``-th GPU of a
+    distributed run, with TF32 off (second differences of fp32 outputs need full fp32 matmuls)."""
+    import os
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.cuda.set_device(dev)
     return dev
 
 
@@ -74,6 +95,54 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, f in flags:
             m.training = f
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Set ``requires_grad=False`` on every parameter; restore the exact flags on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def choose_memory_format(model: torch.nn.Module, memory_format: str = "auto") -> str:
+    """``"channels_last"`` or ``"contiguous"``; ``"auto"`` picks channels_last for convolutional
+    networks (4 or more ``Conv2d`` layers: 1.75x faster on the CPU here, and the layout cuDNN
+    prefers) and contiguous for the rest (ViT, Swin: their patch embedding is the only conv)."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    if memory_format != "auto":
+        return memory_format
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return "channels_last" if convs >= 4 else "contiguous"
+
+
+def uses_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's 4-D weights are stored channels-last (inputs should then be too)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
+def prepare_model(
+    model: torch.nn.Module, dtype: Union[str, torch.dtype, None] = None, memory_format: str = "auto"
+) -> torch.nn.Module:
+    """The fast path of an analysis: ``model`` cast to ``dtype`` (None: left as it is) and put in
+    the memory format of :func:`choose_memory_format` (in place, like ``Module.to``); inputs
+    follow the model (see :func:`uses_channels_last`)."""
+    if dtype is not None:
+        model = model.to(resolve_dtype(dtype))
+    fmt = choose_memory_format(model, memory_format)
+    return model.to(memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
 
 
 def make_generator(seed: Optional[int], device: Union[str, torch.device] = "cpu") -> torch.Generator:

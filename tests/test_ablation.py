@@ -11,7 +11,6 @@ from torch import nn
 
 from moga_analysis import load_checkpoint
 from moga_analysis.ablation import (
-    _STAT_COLUMNS,
     AblationSpec,
     ablate,
     calibrate,
@@ -19,6 +18,7 @@ from moga_analysis.ablation import (
     moga_blocks,
     parse_specs,
 )
+from moga_analysis.ablation.evaluate import STAT_COLUMNS
 from moga_analysis.hooks import capture
 
 KINDS = ["gate", "context", "single_order", "fd", "ca"]
@@ -267,7 +267,7 @@ def test_oom_backoff_gives_identical_sums(model, monkeypatch):
     loader = _loader(n_batches=1, b=3)
     specs = [AblationSpec("none"), AblationSpec("context", (2,))]
     plain = evaluate_ablations(model, loader, specs, show_progress=False).stats
-    real = ab._chunk_stats
+    real = ab.evaluate._chunk_stats
     sizes = []
 
     def flaky(model_, x, *a, **k):
@@ -276,11 +276,11 @@ def test_oom_backoff_gives_identical_sums(model, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model_, x, *a, **k)
 
-    monkeypatch.setattr(ab, "_chunk_stats", flaky)
+    monkeypatch.setattr(ab.evaluate, "_chunk_stats", flaky)
     backed = evaluate_ablations(model, loader, specs, show_progress=False).stats
     assert sizes == [3, 1, 1, 1]
     torch.testing.assert_close(backed, plain, rtol=1e-6, atol=1e-9)
-    assert backed[0, _STAT_COLUMNS.index("n")] == 3
+    assert backed[0, STAT_COLUMNS.index("n")] == 3
 
 
 def test_plots_from_metrics():
@@ -289,7 +289,7 @@ def test_plots_from_metrics():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from moga_analysis.plotting.ablation import ablation_matrix, plot_accuracy_drop, plot_interaction_curves
+    from moga_analysis.ablation.plot import ablation_matrix, plot_accuracy_drop, plot_interaction_curves
 
     metrics = {
         "none": {"kind": "none", "stages": "-", "mode": "-", "top1": 80.0, "top1_drop": 0.0, "agreement": 100.0},

@@ -61,7 +61,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
 
     # --- an interrupted run, resumed, gives the uninterrupted numbers
     out2 = tmp_path / "interrupted"
-    real = ab._chunk_stats
+    real = ab.evaluate._chunk_stats
     calls = []
 
     def dies_on_second_batch(*a, **k):
@@ -70,7 +70,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ab, "_chunk_stats", dies_on_second_batch)
+    monkeypatch.setattr(ab.evaluate, "_chunk_stats", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         ab.main(_argv(image_folder, out2, ckpt, "--no-figures"))
     tensors, state = load_tensors(out2 / "ablation_state.safetensors")
@@ -84,7 +84,7 @@ def test_runner_end_to_end_and_resume(image_folder, tmp_path, reference_dir, mon
         seen.append(x.shape[0])
         return real(model, x, *a, **k)
 
-    monkeypatch.setattr(ab, "_chunk_stats", counting)
+    monkeypatch.setattr(ab.evaluate, "_chunk_stats", counting)
     assert ab.main(_argv(image_folder, out2, ckpt, "--resume", "--no-figures")) == 0
     assert seen == [1]  # only the third image was left
     resumed = json.loads((out2 / "ablation_results.json").read_text())["metrics"]

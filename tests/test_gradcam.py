@@ -6,13 +6,8 @@ import torch
 from torch import nn
 
 import moga_analysis  # noqa: F401
-from moga_analysis.gradcam import (
-    grad_cam,
-    infer_layout,
-    infer_token_grid,
-    normalize_targets,
-    resolve_layer,
-)
+from moga_analysis.feature_maps import infer_layout, infer_token_grid, resolve_layer
+from moga_analysis.gradcam import grad_cam, normalize_targets
 
 
 class ConvGapLinear(nn.Module):

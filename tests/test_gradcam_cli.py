@@ -39,10 +39,10 @@ def test_gradcam_cli_writes_figure_and_metrics(tmp_path):
     assert all(0 <= r["deletion_auc"] <= 1 and r["n_images"] == 2 for r in rows)
     table = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(table) == 2 and "insertion_auc" in table[0] and "sanity_spearman" in table[0]
-    from moga_analysis.results import load_tensors
+    from moga_analysis.results import load_result
 
-    t, meta = load_tensors(out / "cam_resnet18.safetensors")
-    assert t["maps"].shape == (2, 64, 64) and meta["settings"]["size"] == 64
+    cam = load_result(out / "cam_resnet18.safetensors")
+    assert cam.maps.shape == (2, 64, 64) and cam.metadata["settings"]["image_size"] == 64
 
 
 @pytest.mark.slow
@@ -85,8 +85,8 @@ def test_plots_are_pure_functions_of_results():
 
     from moga_analysis.erf import ERFResult
     from moga_analysis.gradcam import CAMResult
-    from moga_analysis.plotting.erf import erf_display, plot_erf
-    from moga_analysis.plotting.gradcam import overlay, plot_cam_grid
+    from moga_analysis.erf.plot import erf_display, plot_erf
+    from moga_analysis.gradcam.plot import overlay, plot_cam_grid
 
     maps = torch.rand(2, 16, 16)
     cam = CAMResult(

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import moga_analysis  # noqa: F401
-from moga_analysis.faithfulness import (
+from moga_analysis.gradcam.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     faithfulness_metrics,
-    gaussian_blur,
+    rise_blur,
     randomization_check,
     spearman,
 )
@@ -78,10 +78,10 @@ def test_average_drop_and_increase_known_answers():
 
 def test_gaussian_blur_preserves_constants_and_smooths():
     c = torch.full((1, 3, 16, 16), 0.7)
-    torch.testing.assert_close(gaussian_blur(c), c)
+    torch.testing.assert_close(rise_blur(c), c)
     x = torch.zeros(1, 1, 21, 21)
     x[0, 0, 10, 10] = 1
-    y = gaussian_blur(x)
+    y = rise_blur(x)
     assert math.isclose(float(y.sum()), 1.0, rel_tol=1e-5) and float(y.max()) < 0.05
 
 

@@ -19,10 +19,9 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import model_device
+from ..runtime import model_device, uses_channels_last
 
 __all__ = ["ImageMaskingGame", "HarsanyiGame", "OUTPUTS", "BASELINES"]
 
@@ -50,7 +49,9 @@ class ImageMaskingGame:
         batch_size: masked images per forward pass.
         mean, std: normalisation constants for the ``"zero"`` baseline (default: the model's
             pretrained cfg, else ImageNet's).
-        channels_last: run the forward passes in channels-last memory format.
+        channels_last: feed the forward passes channels-last inputs; None (default) follows the
+            model (channels-last weights, e.g. after :func:`moga_analysis.runtime.prepare_model`,
+            get channels-last inputs), so model and input always share one memory format.
 
     ``game(masks)`` takes a bool tensor ``[k, n_players]`` (any device) and returns a float64 CPU
     tensor ``[k]``.  ``game.n_evaluations`` counts the masked images evaluated so far.
@@ -68,7 +69,7 @@ class ImageMaskingGame:
         mean: Optional[Sequence[float]] = None,
         std: Optional[Sequence[float]] = None,
         blur_sigma: float = 10.0,
-        channels_last: bool = False,
+        channels_last: Optional[bool] = None,
     ):
         if image.dim() != 3:
             raise ValueError(f"image must be [C,H,W], got shape {list(image.shape)}")
@@ -90,7 +91,7 @@ class ImageMaskingGame:
         self.cell = (H // grid, W // grid)
         self.output = output
         self.batch_size = int(batch_size)
-        self.channels_last = bool(channels_last)
+        self.channels_last = uses_channels_last(model) if channels_last is None else bool(channels_last)
         self.n_evaluations = 0
         self.image = image.detach().to(self.device, self.dtype)
         self.baseline = self._make_baseline(baseline, mean, std, blur_sigma).to(self.device, self.dtype)
@@ -129,19 +130,9 @@ class ImageMaskingGame:
             s = torch.as_tensor(std, dtype=img.dtype, device=img.device)[:, None, None]
             return torch.broadcast_to(-m / s, img.shape).clone()
         if baseline == "blur":
-            radius = max(1, int(math.ceil(3 * sigma)))
-            x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-            k = torch.exp(-0.5 * (x / sigma) ** 2)
-            k = (k / k.sum()).to(img.device, img.dtype)
-            C = img.shape[0]
-            y = img[None]
-            y = F.conv2d(
-                F.pad(y, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C
-            )
-            y = F.conv2d(
-                F.pad(y, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C
-            )
-            return y[0]
+            from ..imaging import gaussian_blur
+
+            return gaussian_blur(img, sigma, padding="replicate")
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES} or pass a tensor")
 
     # -- evaluation ---------------------------------------------------------------------------

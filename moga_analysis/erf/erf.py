@@ -23,12 +23,14 @@ import dataclasses
 import logging
 import math
 import warnings
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .runtime import eval_mode
+from ..feature_maps import layer_output, resolve_layer, to_nchw
+from ..results import SavableResult
+from ..runtime import eval_mode
 
 __all__ = [
     "ERFResult",
@@ -37,7 +39,7 @@ __all__ = [
     "looks_untrained",
     "eval_mode",
     "RandomWeightsWarning",
-    "main",
+    "DEFAULT_THRESHOLDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,43 +52,26 @@ class RandomWeightsWarning(UserWarning):
 
 
 @dataclasses.dataclass(frozen=True)
-class ERFResult:
+class ERFResult(SavableResult):
     """``map``: mean contribution map ``[H, W]`` (raw gradients, no log or scaling);
     ``n_images``: images averaged; ``layer``: where the feature map was read;
-    ``feature_shape``: ``[C, h, w]`` of that feature map; ``center``: the ``(row, col)`` used."""
+    ``feature_shape``: ``[C, h, w]`` of that feature map; ``center``: the ``(row, col)`` used;
+    ``metadata``: what a pipeline records beside it (model, images, weights, settings)."""
 
     map: torch.Tensor
     n_images: int
     layer: str
     feature_shape: Tuple[int, int, int]
     center: Tuple[int, int]
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def area_ratio(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[float, float]:
         return area_ratio(self.map, thresholds)
 
     def save(self, path, **metadata):
-        from .results import save_tensors
-
-        meta = {
-            "n_images": self.n_images,
-            "layer": self.layer,
-            "feature_shape": list(self.feature_shape),
-            "center": list(self.center),
-            **metadata,
-        }
-        return save_tensors(path, {"map": self.map}, meta)
-
-    @classmethod
-    def load(cls, path) -> "ERFResult":
-        from .results import load_tensors
-
-        t, m = load_tensors(path)
-        return cls(t["map"], int(m["n_images"]), m["layer"], tuple(m["feature_shape"]), tuple(m["center"]))
-
-    def plot(self, **kwargs):
-        from .plotting.erf import plot_erf
-
-        return plot_erf({self.layer: self}, **kwargs)
+        """Save (``metadata`` keywords are added to the result's ``metadata``)."""
+        res = dataclasses.replace(self, metadata={**self.metadata, **metadata}) if metadata else self
+        return SavableResult.save(res, path)
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -118,63 +103,15 @@ def looks_untrained(model: nn.Module) -> Optional[str]:
 def _resolve(model: nn.Module, layer: Optional[str]) -> Tuple[str, Optional[nn.Module]]:
     if layer is None:
         return ("forward_features" if hasattr(model, "forward_features") else "output"), None
-    from .gradcam import resolve_layer
-
     return resolve_layer(model, layer)
-
-
-class _Stop(Exception):
-    """Raised in a hook to stop the forward pass once the feature map is captured."""
-
-
-def _to_nchw(t: torch.Tensor, input_hw: Tuple[int, int], model: nn.Module) -> torch.Tensor:
-    from .gradcam import infer_layout, infer_token_grid
-
-    lay = infer_layout(t.shape, input_hw, getattr(model, "output_fmt", None))
-    if lay == "nchw":
-        return t
-    if lay == "nhwc":
-        return t.permute(0, 3, 1, 2)
-    p, h, w = infer_token_grid(t.shape[1], input_hw, getattr(model, "num_prefix_tokens", None))
-    return t[:, p:].transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
 
 
 def _features(model: nn.Module, module: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
     if module is None:
         f = model.forward_features(x) if hasattr(model, "forward_features") else model(x)
-        return _to_nchw(f, x.shape[-2:], model)
-    box: List[torch.Tensor] = []
-
-    def hook(_m, _i, out):
-        box.append(out)
-        raise _Stop
-
-    h = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    if not box:
-        raise RuntimeError("the ERF layer was not called in the forward pass")
-    return _to_nchw(box[0], x.shape[-2:], model)
-
-
-def _batches(images: Union[torch.Tensor, Iterable[torch.Tensor]], batch_size: Optional[int]) -> Iterator[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
-        bs = batch_size or images.shape[0]
-        for s in range(0, images.shape[0], bs):
-            yield images[s : s + bs]
     else:
-        for b in images:
-            b = b[0] if isinstance(b, (tuple, list)) else b
-            if batch_size:
-                yield from _batches(b, batch_size)
-            else:
-                yield b
+        f = layer_output(model, module, x)
+    return to_nchw(f, x.shape[-2:], model)
 
 
 def effective_receptive_field(
@@ -192,9 +129,9 @@ def effective_receptive_field(
     (a DataLoader yielding tensors or ``(tensor, label)``).  One forward and one backward pass per
     batch.  Warns with :class:`RandomWeightsWarning` when the weights look random.
     """
-    from .gradcam import frozen_parameters
-    from .runtime import model_device
-    from .runtime import progress as _progress
+    from ..data import iter_batches
+    from ..runtime import frozen_parameters, model_device
+    from ..runtime import progress as _progress
 
     if warn_random:
         why = looks_untrained(model)
@@ -213,7 +150,7 @@ def effective_receptive_field(
         total_batches = math.ceil(images.shape[0] / (batch_size or images.shape[0]))
     with eval_mode(model), frozen_parameters(model), torch.enable_grad():
         for x in _progress(
-            _batches(images, batch_size), enabled=progress, total=total_batches, desc="erf", leave=False
+            iter_batches(images, batch_size), enabled=progress, total=total_batches, desc="erf", leave=False
         ):
             x = x.to(dev).detach().requires_grad_(True)
             f = _features(model, module, x)
@@ -282,92 +219,3 @@ def area_ratio(erf: torch.Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOL
         hit = next((a for s, a in zip(shares, areas) if s > t), 1.0)
         out[float(t)] = float(hit)
     return out
-
-
-# ------------------------------------------------------------------------------------------- CLI
-def build_parser():
-    import argparse
-
-    from .cli import add_common_args, add_image_args, add_model_args
-
-    p = argparse.ArgumentParser(
-        prog="python -m moga_analysis.erf",
-        description="Effective receptive fields (RepLKNet protocol) side by side, with area ratios.",
-    )
-    add_model_args(p, default_model="moganet_small")
-    add_image_args(p)
-    add_common_args(p)
-    p.set_defaults(num_images=50)
-    p.add_argument("--size", type=int, default=1024, help="input size (RepLKNet: 1024)")
-    p.add_argument("--layer", default=None, help="feature layer (default: last stage; stage1..4 on MogaNet)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    import json
-    from pathlib import Path
-
-    from .cli import images_from_args, models_from_args, setup_from_args
-    from .data import load_images
-    from .results import atomic_write_text
-    from .runtime import environment_info, resolve_device
-
-    args = build_parser().parse_args(argv)
-    setup_from_args(args)
-    out = Path(args.out or "erf_out")
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    paths = images_from_args(args)
-    results, rows = {}, []
-    for name, model in models_from_args(args, device):
-        x, kept, skipped = load_images(paths, model, size=args.size)
-        res = effective_receptive_field(
-            model, x, layer=args.layer, batch_size=args.batch_size, progress=not args.no_progress
-        )
-        results[name] = res
-        ratios = res.area_ratio(args.thresholds)
-        res.save(
-            out / f"erf_{name.replace('/', '_')}.safetensors",
-            model=name,
-            weights=getattr(model, "weights_source", None),
-            images=[str(p) for p in kept],
-            settings=vars(args),
-            env=environment_info(device),
-        )
-        rows.append(
-            {
-                "model": name,
-                "layer": res.layer,
-                "n_images": res.n_images,
-                "weights": getattr(model, "weights_source", None),
-                **{f"t={t:g}": r for t, r in ratios.items()},
-            }
-        )
-        log.info("%s: %s", name, rows[-1])
-        del model
-    atomic_write_text(
-        out / "area_ratio.json",
-        json.dumps({"rows": rows, "settings": vars(args), "env": environment_info(device)}, indent=2, default=str),
-    )
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(keys)] + [",".join(_cell(r.get(k, "")) for k in keys) for r in rows]
-    atomic_write_text(out / "area_ratio.csv", "\n".join(lines) + "\n")
-    from .plotting.erf import plot_erf
-    from .plotting.style import paper_style, save_figure
-
-    with paper_style():
-        fig, _ = plot_erf(results, thresholds=args.thresholds)
-        written = save_figure(fig, out / "erf")
-    log.info("wrote %s", ", ".join(map(str, written)))
-    return 0
-
-
-def _cell(v) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-if __name__ == "__main__":
-    from .cli import run_main
-
-    run_main(main)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from ..plotting.style import styled
+
 __all__ = ["plot_accuracy_drop", "ablation_matrix", "plot_interaction_curves"]
 
 _LABELS = {
@@ -45,6 +47,7 @@ def ablation_matrix(
     return groups, order, [[cells.get((g, s)) for s in order] for g in groups]
 
 
+@styled
 def plot_accuracy_drop(
     metrics: Mapping[str, Mapping[str, Any]],
     metric: Optional[str] = None,
@@ -58,7 +61,7 @@ def plot_accuracy_drop(
     """
     import matplotlib.pyplot as plt
 
-    from .style import PALETTE
+    from ..plotting.style import PALETTE
 
     if metric is None:
         has_labels = any(m.get("top1_drop") is not None for m in metrics.values() if m.get("kind") != "none")
@@ -91,14 +94,15 @@ def plot_accuracy_drop(
     return fig, ax
 
 
+@styled
 def plot_interaction_curves(curves: Mapping[str, Mapping[str, Any]], ax=None, full: str = "none"):
-    """J^(m) against m/n of each ablated model over the full model's (``full``, drawn in black).
+    """J^(m) against m/(n-2) of each ablated model over the full model's (``full``, drawn in black).
 
     ``curves``: ``{spec name: {"ratios": [...], "J": [...]}}`` as the runner stores them.
     """
     import matplotlib.pyplot as plt
 
-    from .style import PALETTE
+    from ..plotting.style import PALETTE
 
     if not curves:
         raise ValueError("no interaction curves to plot")
@@ -113,7 +117,7 @@ def plot_interaction_curves(curves: Mapping[str, Mapping[str, Any]], ax=None, fu
         else:
             ax.plot(c["ratios"], c["J"], color=PALETTE[k % (len(PALETTE) - 1)], marker=".", label=name)
             k += 1
-    ax.set_xlabel("interaction order m / n")
+    ax.set_xlabel("interaction order m / (n - 2)")
     ax.set_ylabel("relative strength $J^{(m)}$")
     ax.legend(fontsize=6, ncol=2)
     return fig, ax

@@ -1,4 +1,8 @@
-"""Grad-CAM figures: overlays of :class:`~moga_analysis.gradcam.CAMResult` maps on their images."""
+"""Grad-CAM figures: overlays of :class:`~moga_analysis.gradcam.CAMResult` maps on their images.
+
+Pure functions of computed results (a :class:`~moga_analysis.gradcam.pipeline.CAMStack`, or display
+images and ``{model: CAMResult}``); pyplot is imported on call only.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from .style import wrap_title
+from ..plotting.style import shorten_label, styled, wrap_title
 
 __all__ = ["plot_cam_grid", "overlay"]
 
@@ -26,9 +30,10 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, cmap: str = "jet", alpha: fl
     return np.clip((1 - alpha) * img + alpha * heat, 0, 1)
 
 
+@styled
 def plot_cam_grid(
-    images: torch.Tensor,
-    results: Mapping[str, "object"],
+    images,
+    results: Optional[Mapping[str, "object"]] = None,
     titles: Optional[Sequence[str]] = None,
     row_labels: Optional[Sequence[str]] = None,
     cmap: str = "jet",
@@ -39,11 +44,15 @@ def plot_cam_grid(
 ):
     """Grid figure: rows are images, columns the input then one overlay per model.
 
-    ``images``: ``[B, 3, H, W]`` display images in [0, 1] (un-normalised); ``results``: model name ->
-    ``CAMResult`` (its ``maps`` are resized to the image size when they differ).  Returns ``(fig, axes)``.
+    ``images``: a ``CAMStack`` (its display images, results and class names), or ``[B, 3, H, W]``
+    display images in [0, 1] (un-normalised) with ``results``: model name -> ``CAMResult`` (its
+    ``maps`` are resized to the image size when they differ).  Class names are shortened at word
+    boundaries.  Returns ``(fig, axes)``.
     """
     import matplotlib.pyplot as plt
 
+    if results is None:  # a CAMStack
+        images, results, class_names = images.display, images.results, class_names or images.class_names
     names = list(results)
     B = images.shape[0]
     ncol = 1 + len(names)
@@ -56,7 +65,7 @@ def plot_cam_grid(
             axes[r, c].imshow(overlay(images[r], res.maps[r], cmap=cmap, alpha=alpha))
             if show_scores:
                 t = int(res.targets[r])
-                label = class_names[t][:14] if class_names is not None else f"class {t}"
+                label = shorten_label(class_names[t], 16) if class_names is not None else f"class {t}"
                 axes[r, c].text(
                     0.02,
                     0.02,

@@ -25,15 +25,16 @@ import logging
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..imaging import gaussian_blur
 
 __all__ = [
     "FaithfulnessResult",
     "deletion_insertion",
     "average_drop_increase",
     "faithfulness_metrics",
-    "gaussian_blur",
+    "rise_blur",
     "randomization_check",
     "spearman",
 ]
@@ -73,17 +74,9 @@ class FaithfulnessResult:
         }
 
 
-def gaussian_blur(x: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Depthwise Gaussian blur with reflect padding (the RISE insertion substrate)."""
-    r = kernel // 2
-    g = torch.exp(-((torch.arange(kernel, device=x.device, dtype=x.dtype) - r) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    C = x.shape[1]
-    pad_mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    y = F.pad(x, (r, r, 0, 0), mode=pad_mode)
-    y = F.conv2d(y, g.view(1, 1, 1, kernel).expand(C, 1, 1, kernel), groups=C)
-    y = F.pad(y, (0, 0, r, r), mode=pad_mode)
-    return F.conv2d(y, g.view(1, 1, kernel, 1).expand(C, 1, kernel, 1), groups=C)
+def rise_blur(x: torch.Tensor) -> torch.Tensor:
+    """The RISE insertion substrate: Gaussian blur, kernel 11 (radius 5), sigma 5, reflect padding."""
+    return gaussian_blur(x, sigma=5.0, radius=5, padding="reflect")
 
 
 @torch.no_grad()
@@ -116,8 +109,8 @@ def deletion_insertion(
     inserted (insertion).  All ``steps+1`` images of one image are built on the device and
     evaluated in batches of ``batch_size`` (default ``steps+1``).
     """
-    from .runtime import model_device
-    from .runtime import progress as _progress
+    from ..runtime import model_device
+    from ..runtime import progress as _progress
 
     dev = model_device(model)
     images, saliency, targets = images.to(dev), saliency.to(dev), targets.to(dev).long()
@@ -130,7 +123,7 @@ def deletion_insertion(
     counts = torch.round(torch.arange(steps + 1, device=dev, dtype=torch.float64) * n / steps).long()
     bs = batch_size or (steps + 1)
     dels, ins = [], []
-    blurred_all = gaussian_blur(images)
+    blurred_all = rise_blur(images)
     for i in _progress(range(B), enabled=progress, desc="deletion/insertion", leave=False):
         order = torch.argsort(saliency[i].flatten(), descending=True, stable=True)
         rank = torch.empty(n, dtype=torch.long, device=dev)
@@ -156,7 +149,7 @@ def average_drop_increase(
     batch_size: Optional[int] = None,
 ):
     """``(drop [B], increase [B] bool)``: relative drop ``max(0, Y-O)/Y`` and ``Y < O`` per image."""
-    from .runtime import model_device
+    from ..runtime import model_device
 
     dev = model_device(model)
     images, saliency, targets = images.to(dev), saliency.to(dev), targets.to(dev).long()
@@ -220,7 +213,7 @@ def randomization_check(
     must change: the returned ``spearman`` (mean rank correlation of the upsampled maps) should be
     far below 1.  The original model is never modified.
     """
-    from .gradcam import grad_cam
+    from .cam import grad_cam
 
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     ref = grad_cam(model, images, target=target, layer=layer)

@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from .style import wrap_title
+from ..plotting.style import styled, wrap_title
 
 __all__ = ["plot_erf", "erf_display"]
 
@@ -18,6 +18,7 @@ def erf_display(erf_map: torch.Tensor) -> torch.Tensor:
     return (m / peak if peak > 0 else m).float()
 
 
+@styled
 def plot_erf(
     results: Mapping[str, "object"],
     thresholds: Sequence[float] = (0.2, 0.3, 0.5, 0.99),
@@ -26,10 +27,11 @@ def plot_erf(
     panel_size: float = 1.8,
     table: bool = True,
 ):
-    """One log-scaled heatmap per model (``results``: name -> ``ERFResult``), and below them a
-    table of the area ratios (%) at ``thresholds``.  Returns ``(fig, axes)``."""
+    """One log-scaled heatmap per model (``results``: an ``ERFStack`` or name -> ``ERFResult``), and
+    below them a table of the area ratios (%) at ``thresholds``.  Returns ``(fig, axes)``."""
     import matplotlib.pyplot as plt
 
+    results = getattr(results, "results", results)  # an ERFStack
     names = list(results)
     n = len(names)
     fig = plt.figure(figsize=(panel_size * n, panel_size * (1.45 if table else 1.1)))

@@ -1,0 +1,47 @@
+"""Effective receptive fields (the RepLKNet protocol) and their pipeline.
+
+* :mod:`.erf`: :func:`effective_receptive_field`, :class:`ERFResult`, :func:`area_ratio`;
+* :mod:`.pipeline`: :class:`ERFSettings`, :func:`compute_erfs` over models x images, :class:`ERFStack`;
+* :mod:`.plot`: log-scaled heatmaps with the area-ratio table;
+* ``python -m moga_analysis.erf``: the command line (:mod:`.cli`).
+"""
+
+from ..runtime import eval_mode
+from .erf import (
+    DEFAULT_THRESHOLDS,
+    ERFResult,
+    RandomWeightsWarning,
+    area_ratio,
+    effective_receptive_field,
+    looks_untrained,
+)
+from .pipeline import ERFSettings, ERFStack, compute_erfs
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ERFResult",
+    "ERFSettings",
+    "ERFStack",
+    "RandomWeightsWarning",
+    "area_ratio",
+    "compute_erfs",
+    "effective_receptive_field",
+    "eval_mode",
+    "looks_untrained",
+    "main",
+    "build_parser",
+]
+
+
+def main(argv=None) -> int:
+    """The command line, ``python -m moga_analysis.erf`` (see :mod:`.cli`)."""
+    from .cli import main as _main
+
+    return _main(argv)
+
+
+def build_parser():
+    """The command line's argument parser (see :mod:`.cli`)."""
+    from .cli import build_parser as _build
+
+    return _build()

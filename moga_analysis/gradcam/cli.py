@@ -1,0 +1,58 @@
+"""``python -m moga_analysis.gradcam``: Grad-CAM grids and faithfulness metrics across models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Optional, Sequence
+
+__all__ = ["build_parser", "main", "RESUMES"]
+
+log = logging.getLogger(__name__)
+
+#: whether ``--resume`` continues an interrupted run (asked by experiments/make_figures.py)
+RESUMES = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli import add_image_args, add_model_args, add_run_args
+
+    p = argparse.ArgumentParser(
+        prog="python -m moga_analysis.gradcam",
+        description="Grad-CAM maps side by side across models, with faithfulness metrics.",
+        allow_abbrev=False,
+    )
+    add_model_args(p)
+    add_image_args(p)
+    g = p.add_argument_group("grad-cam")
+    g.add_argument("--layer", default=None, help="layer of --model (default: family default; stage1..4 on MogaNet)")
+    g.add_argument("--steps", type=int, default=50, help="deletion/insertion steps (RISE used one per 224 pixels)")
+    g.add_argument("--no-metrics", action="store_true", help="skip the faithfulness metrics")
+    g.add_argument("--sanity", action="store_true", help="also run the model-randomisation sanity check")
+    add_run_args(p, "gradcam", image_size=224, image_size_help="input size, the same for every model so maps line up")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..cli import figure_out, images_from_args, setup_from_args, specs_from_args
+    from .pipeline import CAMSettings, compute_cams
+    from .plot import plot_cam_grid
+
+    args = build_parser().parse_args(argv)
+    setup_from_args(args)
+    specs = specs_from_args(args)
+    settings = CAMSettings(
+        image_size=args.image_size,
+        layers={args.model: args.layer} if args.layer else {},
+        steps=args.steps,
+        metrics=not args.no_metrics,
+        sanity=args.sanity,
+        seed=args.seed,
+    )
+    stack = compute_cams(specs, images_from_args(args), settings, out=args.out, resume=args.resume,
+                         device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    if not args.no_figures:
+        fig, _ = plot_cam_grid(stack)
+        figure_out(fig, f"{args.out}/gradcam_grid")
+    log.info("results in %s (metrics.csv, metrics.md, metrics.json)", args.out)
+    return 0

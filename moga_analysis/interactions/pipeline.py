@@ -1,0 +1,491 @@
+"""Interactions over models x images: the pipeline that the CLI, the notebooks and the figures share.
+
+>>> settings = InteractionSettings.reference()            # or .efficient(grid=8), .precise(0.1)
+>>> stack = compute_interactions(["moganet_small", "resnet50"], images, settings=settings,
+...                              out="runs/interactions", resume=True)
+>>> stack = InteractionStack.load("runs/interactions")    # the same object from a finished run
+>>> stack.relative_strength(), stack["moganet_small"].noise_floor()
+>>> stack.band_difference("moganet_small", "resnet50")
+>>> fig, ax = plot_relative_strength(stack)                # moga_analysis.interactions.plot
+
+A run folder (:class:`moga_analysis.runs.RunFolder`) holds ``run.json``, one
+``<model>/img_<index>.safetensors`` per model and image (an :class:`InteractionResult`, written
+as soon as it is computed, so an interrupted run resumes where it stopped), and per model the
+stacked ``interactions_<model>.safetensors`` (a :class:`ModelInteractions`) plus
+``interactions_precision.{csv,md,json}``: the noise floor, its ratio to mean |I| and the unbiased
+E[I^2]-based strength per order, beside the raw mean |I| and J^(m).
+
+Under ``torchrun`` the images are sharded over the ranks (rank ``r`` takes images ``r, r+w, ...``);
+rank 0 stacks the results.  Image ``i`` uses pairs seeded by ``image_seed(seed, i)`` and
+contexts by that seed + 1, so every split of the work gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..results import SavableResult, load_tensors, save_tensors, write_table
+from ..runs import RunFolder, SkippedItem, safe_name, weights_record
+from .design import REFERENCE_RATIOS, orders_from_ratios, reference_pairs
+from .estimators import InteractionResult, estimate_interactions
+from .games import BASELINES, OUTPUTS, ImageMaskingGame
+from .strength import ORDER_BANDS, bootstrap_relative_strength, paired_band_difference, relative_strength
+
+__all__ = [
+    "InteractionSettings",
+    "ModelInteractions",
+    "InteractionStack",
+    "compute_interactions",
+    "image_interactions",
+    "image_seed",
+    "PAIR_RULES",
+    "METHODS",
+]
+
+log = logging.getLogger(__name__)
+
+#: how the pairs of an image are chosen: the reference rule (random cell, neighbour within 2)
+PAIR_RULES = ("reference",)
+#: the estimators a run can use (see :mod:`moga_analysis.interactions.estimators`)
+METHODS = ("shared", "independent")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of a run seeded with ``seed`` (its pairs; its contexts: + 1)."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**62)
+
+
+# ============================================================================================ settings
+@dataclasses.dataclass(frozen=True)
+class InteractionSettings:
+    """Everything that defines an interaction run's numbers (its resume fingerprint).
+
+    Players are the cells of a ``grid x grid`` partition; per image ``pairs`` pairs by
+    ``pair_rule`` and the orders m = int((n - 2) r) of ``ratios``; ``baseline`` and ``output``
+    define the game (:class:`~moga_analysis.interactions.games.ImageMaskingGame`); ``method`` the
+    estimator: ``"independent"`` (the reference protocol) or ``"shared"`` with ``contexts`` samples
+    per pair and order.  ``dtype``/``memory_format`` how the model runs (``"auto"``: channels_last
+    for conv nets, model and input together); ``image_size``: None for the model's own.
+    """
+
+    method: str = "shared"
+    grid: int = 14
+    pairs: int = 50
+    contexts: int = 50
+    ratios: Tuple[float, ...] = REFERENCE_RATIOS
+    baseline: str = "mean"
+    output: str = "log_odds"
+    pair_rule: str = "reference"
+    image_size: Optional[int] = None
+    dtype: str = "float32"
+    memory_format: str = "auto"
+    seed: int = 0
+    protocol: str = "custom"
+
+    def __post_init__(self):
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if int(self.pairs) < 1 or int(self.contexts) < 2:
+            raise ValueError("pairs must be >= 1 and contexts >= 2 (a stderr needs two samples)")
+        if int(self.grid) < 2:
+            raise ValueError("grid must be >= 2 (players are grid x grid cells)")
+        if self.baseline not in BASELINES or self.output not in OUTPUTS:
+            raise ValueError(f"baseline must be one of {BASELINES} and output one of {OUTPUTS}")
+        if self.pair_rule not in PAIR_RULES:
+            raise ValueError(f"unknown pair rule {self.pair_rule!r}; choose one of {', '.join(PAIR_RULES)}")
+        if any(not 0.0 <= r <= 1.0 for r in self.ratios) or not self.ratios:
+            raise ValueError(f"ratios must lie in [0, 1], got {list(self.ratios)}")
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> "InteractionSettings":
+        """The public reference code's protocol: 14 x 14 cells, 50 pairs, 50 independent contexts
+        per pair and order, the 13 reference orders, mean baseline, log-odds."""
+        return cls(**{"method": "independent", "protocol": "reference", **overrides})
+
+    @classmethod
+    def efficient(cls, **overrides: Any) -> "InteractionSettings":
+        """The reference pairs, orders and samples per pair, with contexts shared between pairs
+        (1.46-1.49x fewer evaluations for the same samples)."""
+        return cls(**{"method": "shared", "protocol": "efficient", **overrides})
+
+    @property
+    def n_players(self) -> int:
+        return int(self.grid) ** 2
+
+    @property
+    def orders(self) -> List[int]:
+        return orders_from_ratios(self.ratios, self.n_players)
+
+    def fingerprint(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ratios"] = list(self.ratios)
+        return d
+
+
+# ======================================================================================= one image
+def image_pairs(settings: InteractionSettings, seed: int) -> torch.Tensor:
+    """The pairs of an image whose seed is ``seed`` (see :func:`image_seed`)."""
+    return reference_pairs(settings.grid, int(settings.pairs), generator=torch.Generator().manual_seed(seed))
+
+
+def image_interactions(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    settings: InteractionSettings,
+    *,
+    target: Optional[int] = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> InteractionResult:
+    """I^(m)(i,j) of ``model`` on one preprocessed ``image [C, H, W]`` (``target`` None: the
+    predicted class): the game, pairs and estimator of ``settings``, pairs seeded by ``seed`` and
+    contexts by ``seed + 1``.  ``metadata`` holds the explained ``target``."""
+    game = ImageMaskingGame(model, image, target=target, grid=settings.grid, baseline=settings.baseline,
+                            output=settings.output, batch_size=batch_size)
+    res = estimate_interactions(game, settings.n_players, image_pairs(settings, seed), settings.orders,
+                                int(settings.contexts), method=settings.method, seed=seed + 1, progress=progress)
+    return dataclasses.replace(res, metadata={**res.metadata, "target": game.target})
+
+
+# ===================================================================================== stacked results
+@dataclasses.dataclass(frozen=True)
+class ModelInteractions(SavableResult):
+    """One model's interactions on a set of images, stacked (``interactions_<model>.safetensors``).
+
+    ``values``/``stderr``: ``[n_images, n_orders, n_pairs]``; ``half_values``: ``[n_images, 2,
+    n_orders, n_pairs]``; ``pairs``: ``[n_images, n_pairs, 2]``; ``targets``: explained classes;
+    ``images``: their names; ``skipped``: ``[name, reason]`` of unreadable images; ``weights``:
+    where the weights came from; ``provenance``: the full weights record (file, SHA-256).
+    """
+
+    model: str
+    orders: torch.Tensor
+    n_players: int
+    values: torch.Tensor
+    stderr: torch.Tensor
+    half_values: torch.Tensor
+    pairs: torch.Tensor
+    targets: torch.Tensor
+    images: List[str]
+    skipped: List[Any] = dataclasses.field(default_factory=list)
+    n_evaluations: int = 0
+    weights: Optional[str] = None
+    provenance: Optional[Dict[str, Any]] = None
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # -- statistics per image and order (each [n_images, n_orders]) --------------------------------
+    def mean_abs(self) -> torch.Tensor:
+        """Raw E_(i,j)|I^(m)(i,j)| (biased upwards by estimator noise)."""
+        return self.values.abs().mean(-1)
+
+    def noise_floor(self) -> torch.Tensor:
+        """E_(i,j) sqrt(2/pi) stderr: the mean |I| that estimator noise alone would give."""
+        return math.sqrt(2 / math.pi) * self.stderr.mean(-1)
+
+    def noise_ratio(self) -> torch.Tensor:
+        """Noise floor / mean |I| (the precision reached; 0 at the exact end orders)."""
+        return self.noise_floor() / self.mean_abs().clamp_min(torch.finfo(torch.float64).tiny)
+
+    def rms_unbiased(self) -> torch.Tensor:
+        """sqrt of the unbiased E_(i,j)[I^2] (product of independent half estimates; noise-free)."""
+        return (self.half_values[:, 0] * self.half_values[:, 1]).mean(-1).clamp_min(0).sqrt()
+
+    @property
+    def ratios(self) -> torch.Tensor:
+        """m / (n - 2) of the evaluated orders."""
+        return self.orders.double() / (self.n_players - 2)
+
+    @property
+    def covers_all_orders(self) -> bool:
+        """Whether the orders include 0 and n - 2 (needed by the ``"all"`` normalisation)."""
+        return int(self.orders[0]) == 0 and int(self.orders[-1]) == self.n_players - 2
+
+    def relative_strength(self, normalization: str = "evaluated", statistic: str = "mean_abs") -> torch.Tensor:
+        """J^(m) ``[n_orders]`` (see :func:`moga_analysis.interactions.relative_strength`)."""
+        per_image = self.mean_abs() if statistic == "mean_abs" else self.rms_unbiased()
+        return relative_strength(per_image[:, :, None], self.orders, self.n_players, normalization=normalization)
+
+    def bootstrap(self, normalization: str = "evaluated", n_boot: int = 1000, level: float = 0.95, seed: int = 0):
+        """``(J, lower, upper)``: percentile bootstrap over images."""
+        return bootstrap_relative_strength(self.mean_abs(), self.orders, self.n_players, normalization=normalization,
+                                           n_boot=n_boot, level=level, seed=seed)
+
+    def precision_rows(self) -> List[Dict[str, Any]]:
+        """Per order: mean |I|, noise floor, their ratio (worst image too), unbiased RMS and J."""
+        J = self.relative_strength()
+        rows = []
+        for o, m in enumerate(self.orders.tolist()):
+            rows.append({
+                "model": self.model, "order": m, "ratio": round(m / (self.n_players - 2), 4),
+                "mean_abs": float(self.mean_abs()[:, o].mean()), "noise_floor": float(self.noise_floor()[:, o].mean()),
+                "noise_ratio": float(self.noise_ratio()[:, o].mean()),
+                "worst_noise_ratio": float(self.noise_ratio()[:, o].max()),
+                "rms_unbiased": float(self.rms_unbiased()[:, o].mean()), "J": float(J[o]),
+            })
+        return rows
+
+    # -- files --------------------------------------------------------------------------------------
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """The stacked file: the fields, plus the derived per-image statistics and J^(m) for
+        readers without this package (``J_all`` only when the orders include 0 and n - 2)."""
+        tensors = {f: getattr(self, f) for f in ("orders", "values", "stderr", "half_values", "pairs", "targets")}
+        tensors.update(mean_abs=self.mean_abs(), noise_floor=self.noise_floor(), rms_unbiased=self.rms_unbiased(),
+                       J_evaluated=self.relative_strength("evaluated"))
+        if self.covers_all_orders:
+            tensors["J_all"] = self.relative_strength("all")
+        meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in tensors}
+        meta.update(meta.pop("metadata"))  # environment, models...: top-level keys, as readers expect
+        return save_tensors(path, tensors, {"__class__": type(self).__name__, **meta})
+
+    @classmethod
+    def _from_parts(cls, tensors, meta):
+        meta = dict(meta)
+        meta.setdefault("n_players", int(meta.get("settings", {}).get("grid", 0)) ** 2)  # files before 0.2
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in meta.items() if k not in known}  # environment, models (older files)
+        if extra and "metadata" not in meta:
+            meta["metadata"] = extra
+        return cls(**{k: v for k, v in {**meta, **tensors}.items() if k in known})
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "ModelInteractions":
+        tensors, meta = load_tensors(path)
+        meta.pop("__class__", None)
+        return cls._from_parts(tensors, meta)
+
+    @classmethod
+    def stack(cls, model: str, results: Sequence[InteractionResult], images: Sequence[str],
+              skipped: Sequence[Any] = (), **fields: Any) -> "ModelInteractions":
+        """Stack per-image results (same orders, pairs per image may differ)."""
+        if not results:
+            raise ValueError(f"{model}: no image could be read")
+        return cls(
+            model=model, orders=results[0].orders, n_players=results[0].n_players,
+            values=torch.stack([r.values for r in results]), stderr=torch.stack([r.stderr for r in results]),
+            half_values=torch.stack([r.half_values for r in results]), pairs=torch.stack([r.pairs for r in results]),
+            targets=torch.tensor([int(r.metadata["target"]) for r in results]), images=list(images),
+            skipped=[list(s) for s in skipped], n_evaluations=sum(int(r.n_evaluations) for r in results), **fields,
+        )
+
+
+class InteractionStack(Mapping[str, ModelInteractions]):
+    """The interactions of several models on the same images: ``stack[model]`` is a
+    :class:`ModelInteractions`, in the order the models were given (``stack.models``)."""
+
+    def __init__(self, results: Union[Mapping[str, ModelInteractions], Sequence[ModelInteractions]]):
+        items = results.values() if isinstance(results, Mapping) else results
+        self._results = {r.model: r for r in items}
+
+    def __getitem__(self, model: str) -> ModelInteractions:
+        try:
+            return self._results[model]
+        except KeyError:
+            raise KeyError(f"no results for {model!r}; have {self.models}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def models(self) -> List[str]:
+        return list(self._results)
+
+    def relative_strength(
+        self, normalization: str = "evaluated", statistic: str = "mean_abs"
+    ) -> Dict[str, torch.Tensor]:
+        """``{model: J^(m)}``."""
+        return {m: r.relative_strength(normalization, statistic) for m, r in self._results.items()}
+
+    def noise_floor(self) -> Dict[str, torch.Tensor]:
+        """``{model: noise floor per order}`` (mean over images)."""
+        return {m: r.noise_floor().mean(0) for m, r in self._results.items()}
+
+    def band_difference(self, a: str, b: str, bands: Optional[Mapping[str, Tuple[float, float]]] = None,
+                        n_boot: int = 4000, level: float = 0.95, seed: int = 0) -> Dict[str, Dict[str, Any]]:
+        """Model ``b`` against ``a`` in mean |I^(m)| per band of orders, paired over images (see
+        :func:`moga_analysis.interactions.paired_band_difference`); they must share images and pairs."""
+        ra, rb = self[a], self[b]
+        if ra.images != rb.images or not torch.equal(ra.pairs, rb.pairs) or not torch.equal(ra.orders, rb.orders):
+            raise ValueError(f"{a} and {b} were not run on the same images, pairs and orders; no paired difference")
+        return paired_band_difference(ra.mean_abs(), rb.mean_abs(), ra.orders, ra.n_players, dict(bands or ORDER_BANDS),
+                                      n_boot=n_boot, level=level, seed=seed)
+
+    def precision_rows(self) -> List[Dict[str, Any]]:
+        return [row for r in self._results.values() for row in r.precision_rows()]
+
+    def save(self, folder: Union[str, os.PathLike]) -> List[Path]:
+        folder = Path(folder)
+        written = [r.save(folder / f"interactions_{safe_name(m)}.safetensors") for m, r in self._results.items()]
+        return written + write_table(self.precision_rows(), folder / "interactions_precision")
+
+    @classmethod
+    def load(cls, folder: Union[str, os.PathLike]) -> "InteractionStack":
+        """The stacked results of a run folder, models in the order the run was given them."""
+        folder = Path(folder)
+        found = [ModelInteractions.load(f) for f in sorted(folder.glob("interactions_*.safetensors"))]
+        if not found:
+            raise FileNotFoundError(f"no stacked interaction results (interactions_*.safetensors) in {folder}")
+        order = found[0].metadata.get("models") or [r.model for r in found]
+        found.sort(key=lambda r: order.index(r.model) if r.model in order else len(order))
+        return cls(found)
+
+
+# ======================================================================================== the pipeline
+def _distributed() -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _prepared(spec, device, settings: InteractionSettings, compile: bool):
+    from ..runtime import prepare_model
+    from ..specs import load_spec
+
+    model = prepare_model(load_spec(spec, device, settings.seed), settings.dtype, settings.memory_format)
+    return (torch.compile(model) if compile else model), model
+
+
+def _run_model(spec, imgs, settings: InteractionSettings, run: Optional[RunFolder], device, rank: int, world: int,
+               batch_size: Optional[int], compile: bool, progress: bool) -> Dict[int, SavableResult]:
+    """This rank's per-image results of one model (computed, or kept from the run folder)."""
+    from ..data import transform_for
+    from ..runtime import progress as _progress
+
+    model, plain = _prepared(spec, device, settings, compile)
+    weights = weights_record(plain)
+    if run is not None:
+        run.check_weights(spec.name, weights)
+    transform = transform_for(plain, size=settings.image_size) if imgs.from_files else None
+    batch = batch_size or (64 if torch.device(device).type == "cpu" else 256)
+    config = dict(settings.fingerprint(), model=spec.name)
+    if spec.checkpoint is not None:
+        config["checkpoint"] = spec.checkpoint
+    out: Dict[int, SavableResult] = {}
+    mine = [i for i in range(len(imgs)) if i % world == rank]
+    for i in _progress(mine, enabled=progress, desc=f"{spec.name} images", unit="img"):
+        idx = imgs.indices[i]
+        key = f"{safe_name(spec.name)}/img_{idx:05d}"
+        identity = {"model": spec.name, "image": imgs.names[i], "index": idx, "checkpoint": spec.checkpoint}
+        if run is not None and run.done(key, identity):
+            out[i] = run.load_item(key)
+            continue
+        image = imgs.load(i, transform)
+        meta = {"item": identity, "config": dict(config, image=imgs.names[i], index=idx), "label": imgs.labels[i],
+                "weights": (weights or {}).get("location"), "provenance": weights}
+        if image is None:
+            out[i] = SkippedItem("unreadable image", meta)
+        else:
+            target = imgs.labels[i] if imgs.labels[i] >= 0 else None
+            try:
+                res = image_interactions(model, image, settings, target=target, seed=image_seed(settings.seed, idx),
+                                         batch_size=batch, progress=progress)
+            except ValueError as err:
+                raise ValueError(f"{spec.name} on image {imgs.names[i]}: {err}") from None
+            out[i] = dataclasses.replace(res, metadata={**meta, **res.metadata})
+        if run is not None:
+            run.save_item(key, out[i])
+    return out
+
+
+def _stack_model(spec, results: Mapping[int, SavableResult], imgs, settings, models: List[str]) -> ModelInteractions:
+    from ..runtime import environment_info
+
+    kept = [(i, r) for i, r in sorted(results.items()) if isinstance(r, InteractionResult)]
+    skipped = [[imgs.names[i], r.reason] for i, r in sorted(results.items()) if isinstance(r, SkippedItem)]
+    first = kept[0][1].metadata if kept else {}
+    return ModelInteractions.stack(
+        spec.name, [r for _, r in kept], [imgs.names[i] for i, _ in kept], skipped,
+        weights=first.get("weights"), provenance=first.get("provenance"), settings=settings.fingerprint(),
+        metadata={"models": models, "environment": environment_info()},
+    )
+
+
+def _load_share(run: RunFolder, spec, imgs) -> Dict[int, SavableResult]:
+    return {i: run.load_item(f"{safe_name(spec.name)}/img_{imgs.indices[i]:05d}") for i in range(len(imgs))}
+
+
+def _warn_missed_targets(stack: InteractionStack) -> None:
+    for r in stack.values():
+        missed = [int(m) for o, m in enumerate(r.orders.tolist()) if r.metadata.get("target_noise") is not None
+                  and float(r.noise_ratio()[:, o].max()) > float(r.metadata["target_noise"])]
+        if missed:
+            log.warning("%s: the noise target %.3g was missed at orders %s (budget cap reached)", r.model,
+                        r.metadata["target_noise"], missed)
+
+
+def compute_interactions(
+    models: Any,
+    images: Any = None,
+    settings: Optional[InteractionSettings] = None,
+    *,
+    labels: Optional[Sequence[Optional[int]]] = None,
+    labels_file: Optional[Union[str, os.PathLike]] = None,
+    num_images: Optional[int] = None,
+    require_labels: bool = False,
+    out: Optional[Union[str, os.PathLike]] = None,
+    resume: bool = False,
+    device: Union[str, torch.device, None] = "auto",
+    batch_size: Optional[int] = None,
+    random_weights: bool = False,
+    compile: bool = False,
+    progress: bool = True,
+) -> InteractionStack:
+    """I^(m)(i,j) of every model on every image, stacked per model.
+
+    ``models``: names, ``NAME=CHECKPOINT``, ``(name, checkpoint)``, modules or ``{name: module}``
+    (:func:`moga_analysis.specs.model_specs`; ``random_weights=True`` is the only way to random
+    weights).  ``images``: None (the shipped photos), a folder, files, a preprocessed tensor or a
+    dataset (:func:`moga_analysis.data.image_set`, with ``labels``/``labels_file``, ``num_images``
+    by the one subset rule); a label is the explained class, none (-1) the predicted one.
+    ``out``: a run folder, written per image (``resume=True`` keeps what is done there, refusing
+    other settings, inputs or weights).  Under ``torch.distributed`` the images are sharded over
+    the ranks (``out`` is then required).  Returns an :class:`InteractionStack`.
+    """
+    from ..data import image_set
+    from ..runtime import analysis_device
+    from ..specs import model_specs
+
+    settings = settings or InteractionSettings.efficient()
+    rank, world = _distributed()
+    if world > 1 and out is None:
+        raise ValueError("a distributed run needs an output folder (out=...) to gather its results")
+    device = analysis_device(device, world)
+    specs = model_specs(models, random_weights=random_weights)
+    imgs = image_set(images, labels, labels_file=labels_file, num_images=num_images, seed=settings.seed,
+                     require_labels=require_labels)
+    run = RunFolder(out, "interactions", settings.fingerprint(), resume=resume, primary=rank == 0) if out else None
+    log.info("%d images, models %s, %s (rank %d/%d)", len(imgs), [s.name for s in specs], settings, rank, world)
+    shares = {s.name: _run_model(s, imgs, settings, run, device, rank, world, batch_size, compile, progress)
+              for s in specs}
+    _barrier(world)
+    names = [s.name for s in specs]
+    stacked = [_stack_model(s, shares[s.name] if world == 1 else _load_share(run, s, imgs), imgs, settings, names)
+               for s in specs]
+    stack = InteractionStack(stacked)
+    if run is not None and rank == 0:
+        stack.save(run.path)
+        run.mark_complete(models=names, images=len(imgs))
+    _barrier(world)
+    _warn_missed_targets(stack)
+    return stack
