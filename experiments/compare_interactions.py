@@ -4,8 +4,8 @@ absolute strength per band of orders (paired over images, bootstrap intervals).
     python experiments/compare_interactions.py runs/figures/interactions_fmnist_twins \
         --reference moganet_xtiny.fmnist_64 --out experiments/results/fmnist/interactions_fmnist_twins/tables.md
 
-Reads the ``interactions_<model>.safetensors`` files the interactions CLI writes; computes nothing
-but statistics of them.
+Reads the ``interactions_<model>.safetensors`` files of a run folder through
+``moga_analysis.interactions.InteractionStack``; computes nothing but statistics of them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from moga_analysis.interactions import ORDER_BANDS, paired_band_difference, relative_strength
-    from moga_analysis.results import load_tensors
+    from moga_analysis.interactions import ORDER_BANDS, InteractionStack
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, help="folder with interactions_<model>.safetensors files")
@@ -25,41 +24,32 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
 
-    runs = {}
-    for f in sorted(args.results.glob("interactions_*.safetensors")):
-        tensors, meta = load_tensors(f)
-        runs[meta["model"]] = (tensors, meta)
-    if not runs:
-        raise SystemExit(f"no interactions_*.safetensors in {args.results}")
-    order = next(iter(runs.values()))[1].get("models", list(runs))
-    names = [m for m in order if m in runs] + [m for m in runs if m not in order]
+    try:
+        stack = InteractionStack.load(args.results)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    names = stack.models
     ref = args.reference or names[0]
-    if ref not in runs:
+    if ref not in stack:
         raise SystemExit(f"--reference {ref!r} is not among {names}")
-    t0, m0 = runs[ref]
-    n = int(m0["settings"]["grid"]) ** 2
-    orders = t0["orders"]
-    n_img = t0["mean_abs"].shape[0]
-    s = m0["settings"]
+    r0 = stack[ref]
+    n, orders, s = r0.n_players, r0.orders, r0.settings
     lines = [
-        f"Settings: {n_img} images, grid {s['grid']} (n = {n}), {s['pairs']} pairs, {s['contexts']} contexts "
-        f"({s['method']}), baseline {s['baseline']}, {s['output']}, seed {s['seed']}.",
+        f"Settings: {r0.values.shape[0]} images, grid {s['grid']} (n = {n}), {s['pairs']} pairs, {s['contexts']} "
+        f"contexts ({s['method']}), baseline {s['baseline']}, {s['output']}, seed {s['seed']}.",
         "",
         "J^(m) (normalised over the evaluated orders), columns m/(n-2):",
         "",
         "| model | " + " | ".join(f"{float(o) / (n - 2):.2f}" for o in orders) + " |",
         "|---|" + "---|" * len(orders),
     ]
-    for name in names:
-        J = relative_strength(runs[name][0]["mean_abs"][:, :, None], orders, n)
+    for name, J in stack.relative_strength().items():
         lines.append(f"| {name} | " + " | ".join(f"{j:.2f}" for j in J.tolist()) + " |")
     lines += ["", "Mean |I^(m)| and, in brackets, the noise floor sqrt(2/pi) * mean stderr; columns m:", "",
               "| model | " + " | ".join(str(int(o)) for o in orders) + " |", "|---|" + "---|" * len(orders)]
     for name in names:
-        t = runs[name][0]
-        means, floors = t["mean_abs"].mean(0).tolist(), t["noise_floor"].mean(0).tolist()
-        cells = [f"{a:.3f} ({f:.3f})" for a, f in zip(means, floors)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        means, floors = stack[name].mean_abs().mean(0).tolist(), stack[name].noise_floor().mean(0).tolist()
+        lines.append(f"| {name} | " + " | ".join(f"{a:.3f} ({f:.3f})" for a, f in zip(means, floors)) + " |")
     bands = " / ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in ORDER_BANDS.items())
     lines += ["", f"Against {ref}: difference in mean |I^(m)| per band of m/(n-2) ({bands}), paired over "
               "images, 95 % bootstrap interval, relative to the reference:", "",
@@ -67,9 +57,8 @@ def main(argv=None) -> int:
     for name in names:
         if name == ref:
             continue
-        d = paired_band_difference(t0["mean_abs"], runs[name][0]["mean_abs"], orders, n)
         cells = [f"{r['diff']:+.4f} [{r['lower']:+.4f}, {r['upper']:+.4f}] ({r['relative']:+.0%})"
-                 for r in d.values()]
+                 for r in stack.band_difference(ref, name).values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

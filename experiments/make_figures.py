@@ -5,11 +5,14 @@
     python experiments/make_figures.py --plot-only         # redraw from saved results
 
 Each config names a tool (``interactions``, ``gradcam``, ``erf``, ``ablation``) and its arguments.
-Step 1 runs the tool's command line once into ``runs/figures/<config>/`` (skipped when its results
-are there, unless ``--recompute``). Step 2 draws the figure from the saved results only, with the
-shared paper style, into ``experiments/figures/<config>.{png,pdf}``. Placeholders in arguments:
-``{fmnist}`` (the shipped Fashion-MNIST test images, written out as PNG files) and
-``{imagenet_val}`` (``--imagenet-val`` or the ``IMAGENET_VAL`` environment variable).
+Step 1 runs the tool's command line once into ``runs/figures/<config>/`` (skipped when that run
+folder is complete, unless ``--recompute``; a tool whose ``cli.RESUMES`` is true gets ``--resume``,
+so an interrupted computation continues). Step 2 draws the figure from the saved results only, through
+the library's readers (``InteractionStack``, ``CAMStack``, ``ERFStack``, ``AblationReport``) and
+plot functions, into ``experiments/figures/<config>.{png,pdf}``. Placeholders in arguments:
+``{fmnist}`` (the 300 shipped Fashion-MNIST test images written out as PNG files with
+``labels.txt``), ``{fmnist:N}`` (the first N of them) and ``{imagenet_val}`` (``--imagenet-val``
+or the ``IMAGENET_VAL`` environment variable).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,9 +59,20 @@ def load_configs(names=None, include_online=False):
     return chosen
 
 
+_FMNIST = re.compile(r"\{fmnist(?::(\d+))?\}")
+
+
 def _expand(args, placeholders):
+    """Arguments with their placeholders filled in (``{fmnist:N}`` folders written on first use)."""
     out = []
     for a in args:
+        for m in _FMNIST.finditer(a):
+            key = m.group(0)[1:-1]
+            if key not in placeholders:
+                from moga_analysis.fmnist import write_fmnist_folder
+
+                n = int(m.group(1)) if m.group(1) else None
+                placeholders[key] = write_fmnist_folder(placeholders["_runs"] / "data" / key.replace(":", "_"), n)
         for key, value in placeholders.items():
             if "{" + key + "}" in a:
                 if value is None:
@@ -68,91 +83,54 @@ def _expand(args, placeholders):
 
 
 def compute(name, cfg, run_dir: Path, placeholders, recompute=False):
-    done = run_dir / "DONE"
-    if done.exists() and not recompute:
+    from moga_analysis.runs import RunFolder
+
+    if (RunFolder.is_complete(run_dir) or (run_dir / "DONE").exists()) and not recompute:
         log.info("%s: results exist in %s", name, run_dir)
         return
-    tool = importlib.import_module(f"moga_analysis.{cfg['tool']}")
+    cli = importlib.import_module(f"moga_analysis.{cfg['tool']}.cli")
     argv = _expand(cfg["args"], placeholders) + ["--out", str(run_dir), "--seed", "0"]
-    if "--resume" in tool.build_parser().format_help():
+    if getattr(cli, "RESUMES", False):
         argv.append("--resume")  # an interrupted computation continues where it stopped
     log.info("%s: python -m moga_analysis.%s %s", name, cfg["tool"], " ".join(argv))
-    code = tool.main(argv)
+    code = cli.main(argv)
     if code:
         raise SystemExit(f"{name}: the {cfg['tool']} tool exited with {code}")
     (run_dir / "config.json").write_text(json.dumps({"name": name, **cfg, "argv": argv}, indent=2))
-    done.write_text("ok\n")
 
 
 # ----------------------------------------------------------------------------- plotting from saved results
 def plot_interactions(run_dir: Path):
+    from moga_analysis.interactions import InteractionStack
     from moga_analysis.interactions.plot import plot_relative_strength
-    from moga_analysis.results import load_tensors
 
-    curves, order = [], []
-    for f in sorted(run_dir.glob("interactions_*.safetensors")):
-        t, meta = load_tensors(f)
-        curves.append({"name": meta["model"], "orders": t["orders"], "per_image": t["mean_abs"],
-                       "n_players": int(meta["settings"]["grid"]) ** 2})
-        order = meta.get("models", order)  # --model first, then --compare
-    curves.sort(key=lambda c: order.index(c["name"]) if c["name"] in order else len(order))
-    fig = plot_relative_strength(curves, n_boot=1000, seed=0)
-    return fig if not isinstance(fig, tuple) else fig[0]
+    return plot_relative_strength(InteractionStack.load(run_dir), n_boot=1000, seed=0)[0]
 
 
 def plot_gradcam(run_dir: Path):
-    import timm
-    import torch
+    from moga_analysis.gradcam import CAMStack
+    from moga_analysis.gradcam.plot import plot_cam_grid
 
-    from moga_analysis.data import class_names_for, load_images, transform_for
-    from moga_analysis.gradcam import CAMResult
-    from moga_analysis.plotting.gradcam import plot_cam_grid
-    from moga_analysis.results import load_tensors
-
-    results, first = {}, None
-    for f in sorted(run_dir.glob("cam_*.safetensors")):
-        t, meta = load_tensors(f)
-        results[meta["model"]] = CAMResult(t["raw"], t["maps"], t["targets"], t["scores"], t["probs"],
-                                           meta["layer"], meta["layout"])
-        first = first or meta
-    models = json.loads((run_dir / "config.json").read_text())["argv"]
-    order = [a for a in models if a in results]  # command-line order: --model first, then --compare
-    results = {k: results[k] for k in order + [k for k in results if k not in order]}
-    name = next(iter(results))
-    with torch.device("meta"):
-        ref = timm.create_model(name.removesuffix(".pypi"), pretrained=False)
-    size = int(first["settings"]["size"])
-    x, _, _ = load_images(first["images"], transform=transform_for(ref, size=size))
-    cfg = ref.pretrained_cfg
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    fig, _ = plot_cam_grid((x * std + mean).clamp(0, 1), results, class_names=class_names_for(ref))
-    return fig
+    return plot_cam_grid(CAMStack.load(run_dir))[0]
 
 
 def plot_erf(run_dir: Path):
-    from moga_analysis.erf import ERFResult
-    from moga_analysis.plotting.erf import plot_erf as _plot
+    from moga_analysis.erf import ERFStack
+    from moga_analysis.erf.plot import plot_erf as _plot
 
-    results = {}
-    from moga_analysis.results import load_tensors
-
-    for f in sorted(run_dir.glob("erf_*.safetensors")):
-        _, meta = load_tensors(f)
-        results[meta.get("model", f.stem)] = ERFResult.load(f)
-    fig, _ = _plot(results)
-    return fig
+    return _plot(ERFStack.load(run_dir))[0]
 
 
 def plot_ablation(run_dir: Path):
-    from moga_analysis.plotting.ablation import plot_accuracy_drop
+    from moga_analysis.ablation import AblationReport
+    from moga_analysis.ablation.plot import plot_accuracy_drop
 
-    metrics = json.loads((run_dir / "ablation_results.json").read_text())["metrics"]
-    fig, _ = plot_accuracy_drop(metrics)
-    return fig
+    return plot_accuracy_drop(AblationReport.load(run_dir).metrics)[0]
 
 
 PLOTTERS = {"interactions": plot_interactions, "gradcam": plot_gradcam, "erf": plot_erf, "ablation": plot_ablation}
+#: tables copied beside the figures
+TABLES = ("ablation_results.md", "metrics.csv", "area_ratio.csv", "interactions_precision.md")
 
 
 def main(argv=None) -> int:
@@ -172,28 +150,24 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from moga_analysis.fmnist import write_fmnist_folder
-    from moga_analysis.plotting.style import paper_style, save_figure
+    from moga_analysis.plotting.style import save_figure
     from moga_analysis.runtime import tune_malloc
 
     tune_malloc()
     runs, figures = Path(args.runs), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
     configs = load_configs(args.configs, include_online=args.all)
-    placeholders = {"imagenet_val": args.imagenet_val}
-    if any("{fmnist}" in " ".join(c["args"]) for c in configs.values()):
-        placeholders["fmnist"] = write_fmnist_folder(runs / "data" / "fmnist")
+    placeholders = {"imagenet_val": args.imagenet_val, "_runs": runs}
     for name, cfg in configs.items():
         run_dir = runs / name
         if not args.plot_only:
             compute(name, cfg, run_dir, placeholders, args.recompute)
-        with paper_style():
-            fig = PLOTTERS[cfg["tool"]](run_dir)
-            for path in save_figure(fig, figures / name):
-                log.info("%s: wrote %s", name, path)
-        for table in ("ablation_results.md", "metrics.csv", "area_ratio.csv"):
+        for path in save_figure(PLOTTERS[cfg["tool"]](run_dir), figures / name, close=True):
+            log.info("%s: wrote %s", name, path)
+        for table in TABLES:
             if (run_dir / table).exists():  # the tables beside the figures
-                (figures / f"{name}{Path(table).suffix}").write_text((run_dir / table).read_text())
+                suffix = "_precision.md" if table.startswith("interactions_") else Path(table).suffix
+                (figures / f"{name}{suffix}").write_text((run_dir / table).read_text())
     return 0
 
 

@@ -25,7 +25,15 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from .results import SavableResult, atomic_write_text, load_result, load_tensors
 
-__all__ = ["RunFolder", "RunMismatchError", "SkippedItem", "settings_diff", "weights_record", "safe_name"]
+__all__ = [
+    "RunFolder",
+    "RunMismatchError",
+    "SkippedItem",
+    "require_same",
+    "settings_diff",
+    "weights_record",
+    "safe_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,17 @@ def settings_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str,
 
 def _describe(diff: Mapping[str, tuple]) -> str:
     return "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, (a, b) in diff.items())
+
+
+def require_same(saved: Mapping[str, Any], now: Mapping[str, Any], where: Any, what: str = "settings") -> None:
+    """Raise :class:`RunMismatchError` listing the differences when ``saved`` and ``now`` differ
+    (the one check every resumable thing uses: run folders, items, training checkpoints)."""
+    diff = settings_diff(saved, now)
+    if diff:
+        raise RunMismatchError(
+            f"--resume: {where} was made with other {what}, a different {what} from this run's "
+            f"({_describe(diff)}); use another output folder or drop --resume"
+        )
 
 
 def weights_record(model: Any) -> Optional[Dict[str, Any]]:
@@ -112,12 +131,7 @@ class RunFolder:
         if resume and saved is not None:
             if saved.get("tool") != tool:
                 raise RunMismatchError(f"{self.path} holds a {saved.get('tool')!r} run, not {tool!r}")
-            diff = settings_diff(saved.get("settings", {}), self.settings)
-            if diff:
-                raise RunMismatchError(
-                    f"--resume: {self.path} was made with other settings ({_describe(diff)}); "
-                    f"use another output folder or drop --resume"
-                )
+            require_same(saved.get("settings", {}), self.settings, self.path)
             self.record = saved
         else:
             self.record = {"tool": tool, "settings": self.settings, "weights": {}, "complete": False}
@@ -175,12 +189,7 @@ class RunFolder:
             return False
         _, meta = load_tensors(file)
         saved = meta.get("item") or meta.get("metadata", {}).get("item")
-        diff = settings_diff(saved or {}, identity)
-        if diff:
-            raise RunMismatchError(
-                f"--resume: {file} was made for other inputs ({_describe(diff)}); use another output folder "
-                f"or drop --resume"
-            )
+        require_same(saved or {}, identity, file, "inputs")
         return True
 
     def save_item(self, key: str, result: SavableResult) -> Path:

@@ -256,6 +256,51 @@ def _subset_indices(n: int, subset: Optional[int], seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=make_generator(seed + 7_777_777))[:subset].sort().values
 
 
+def _optimizer(model: nn.Module, config: TrainConfig, total: int):
+    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, total, config.warmup_steps, config.lr, config.min_lr)
+    )
+    return opt, sched
+
+
+def _restore(checkpoint, config: TrainConfig, model, opt, sched, history, total: int):
+    """``(step, history)`` of a checkpoint made with the same config (else an error listing the
+    differences, through :func:`moga_analysis.runs.require_same`)."""
+    from .runs import require_same
+
+    state = load_training_checkpoint(checkpoint)
+    require_same(state["config"], config.to_dict(), checkpoint, "config")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    log.info("resumed from %s at step %d/%d", checkpoint, int(state["step"]), total)
+    return int(state["step"]), state["history"]
+
+
+class _Batches:
+    """Training batch ``step``: a seeded permutation per epoch, seeded augmentation per step."""
+
+    def __init__(self, images, labels, config: TrainConfig, steps_per_epoch: int, device):
+        self.images, self.labels, self.config, self.spe, self.device = images, labels, config, steps_per_epoch, device
+        self.perm, self.epoch = None, -1
+
+    def __call__(self, step: int):
+        cfg = self.config
+        epoch, k = divmod(step, self.spe)
+        if epoch != self.epoch:
+            self.perm = torch.randperm(len(self.images), generator=make_generator(cfg.seed * 1000 + epoch + 1))
+            self.epoch = epoch
+        bi = self.perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+        xb, yb = self.images[bi], self.labels[bi]
+        if cfg.augment:
+            xb = augment(xb, make_generator(cfg.seed * 1_000_003 + step + 17), cfg.max_shift)
+        x = preprocess(xb, cfg.image_size, cfg.in_chans).to(self.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, yb.to(self.device)
+
+
 def train(
     model: nn.Module,
     config: TrainConfig,
@@ -278,72 +323,30 @@ def train(
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    images, labels = train_data
-    idx = _subset_indices(len(images), config.subset, config.seed)
-    images, labels = images[idx], labels[idx]
-    n = len(images)
-    steps_per_epoch = n // config.batch_size  # drop the last partial batch: constant batch shape
+    idx = _subset_indices(len(train_data[0]), config.subset, config.seed)
+    images, labels = train_data[0][idx], train_data[1][idx]
+    steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch: constant batch shape
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {n} training images")
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(images)} training images")
     total = max(1, math.ceil(config.epochs * steps_per_epoch))
-
-    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _lr_factor(s, total, config.warmup_steps, config.lr, config.min_lr)
-    )
+    opt, sched = _optimizer(model, config, total)
     history: Dict[str, Any] = {"steps": [], "loss": [], "epochs": [], "config": config.to_dict(), "seconds": 0.0}
     step = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = load_training_checkpoint(checkpoint)
-        if state["config"] != config.to_dict():
-            raise ValueError(
-                f"{checkpoint} was written with a different config:\n"
-                f"  saved {state['config']}\n  now   {config.to_dict()}"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        history = state["history"]
-        log.info("resumed from %s at step %d/%d", checkpoint, step, total)
-
-    def snapshot() -> Dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "config": config.to_dict(),
-            "history": history,
-        }
-
+        step, history = _restore(checkpoint, config, model, opt, sched, history, total)
     stop = total if max_steps is None else min(total, max_steps)
+    batches = _Batches(images, labels, config, steps_per_epoch, dev)
     model.train()
     bar = progress(range(step, stop), show_progress, desc=f"train {config.variant}", initial=step, total=stop)
-    perm, perm_epoch = None, -1
-    t0 = time.perf_counter()
-    running = None
+    t0, running = time.perf_counter(), None
     for step_ in bar:
-        epoch, k = divmod(step_, steps_per_epoch)
-        if epoch != perm_epoch:
-            perm = torch.randperm(n, generator=make_generator(config.seed * 1000 + epoch + 1))
-            perm_epoch = epoch
-        bi = perm[k * config.batch_size : (k + 1) * config.batch_size]
-        xb, yb = images[bi], labels[bi]
-        if config.augment:
-            g = make_generator(config.seed * 1_000_003 + step_ + 17)
-            xb = augment(xb, g, config.max_shift)
-        x = preprocess(xb, config.image_size, config.in_chans).to(dev)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = yb.to(dev)
+        x, y = batches(step_)
         loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        step = step_ + 1
-        lv = loss.item()
+        step, lv = step_ + 1, loss.item()
         history["steps"].append(step)
         history["loss"].append(lv)
         running = lv if running is None else 0.95 * running + 0.05 * lv
@@ -353,17 +356,21 @@ def train(
             on_step(step, lv)
         epoch_end = step % steps_per_epoch == 0 or step == total
         if epoch_end and test_data is not None:
-            metrics = evaluate(model, *test_data, batch_size=config.eval_batch_size,
-                               image_size=config.image_size, channels=config.in_chans)
-            history["epochs"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
-            log.info("step %d (epoch %.2f): test accuracy %.4f loss %.4f",
-                     step, step / steps_per_epoch, metrics["accuracy"], metrics["loss"])
+            _evaluate_epoch(model, test_data, config, history, step, steps_per_epoch)
         if checkpoint is not None and (epoch_end or step % config.checkpoint_every == 0 or step == stop):
             history["seconds"] = history.get("seconds", 0.0) + (time.perf_counter() - t0)
             t0 = time.perf_counter()
-            save_checkpoint(checkpoint, snapshot())
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(), "step": step, "config": config.to_dict(),
+                                         "history": history})
     history["seconds"] = history.get("seconds", 0.0) + (time.perf_counter() - t0)
-    history["done"] = step >= total
-    history["total_steps"] = total
-    history["steps_per_epoch"] = steps_per_epoch
+    history.update(done=step >= total, total_steps=total, steps_per_epoch=steps_per_epoch)
     return history
+
+
+def _evaluate_epoch(model, test_data, config: TrainConfig, history, step: int, steps_per_epoch: int) -> None:
+    metrics = evaluate(model, *test_data, batch_size=config.eval_batch_size, image_size=config.image_size,
+                       channels=config.in_chans)
+    history["epochs"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
+    log.info("step %d (epoch %.2f): test accuracy %.4f loss %.4f", step, step / steps_per_epoch,
+             metrics["accuracy"], metrics["loss"])

@@ -24,7 +24,8 @@ def test_every_config_parses_with_its_tool(mf):
     assert "interactions_fmnist" in configs and "ablation_fmnist" in configs
     for name, cfg in configs.items():
         tool = importlib.import_module(f"moga_analysis.{cfg['tool']}")
-        argv = mf._expand(cfg["args"], {"fmnist": "/data/fmnist", "imagenet_val": "/data/val"})
+        argv = mf._expand(cfg["args"], {"fmnist": "/data/fmnist", "imagenet_val": "/data/val",
+                                        **{f"fmnist:{n}": f"/data/fmnist_{n}" for n in (6, 8, 16, 50)}})
         args = tool.build_parser().parse_args(argv + ["--out", "/tmp/x", "--seed", "0"])
         assert args.out == "/tmp/x", name
         assert mf.PLOTTERS[cfg["tool"]], name

@@ -115,6 +115,42 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+def _to_device(batch, device: torch.device, channels_last: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch[0], batch[1]
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(y)
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True).long()
+
+
+def _accumulate(model, x, y, plans, amp_dtype, acc: torch.Tensor, chunk: Optional[int]) -> Optional[int]:
+    """Add one batch's stats rows to ``acc`` in chunks of ``chunk`` images (None: the whole batch);
+    on out-of-memory the chunk is halved and retried.  Returns the chunk size to keep."""
+    b = x.shape[0]
+    step = b if chunk is None else min(chunk, b)
+    i = 0
+    while i < b:
+        oom = False
+        try:
+            stats = _chunk_stats(model, x[i : i + step], y[i : i + step], plans, amp_dtype)
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not _is_oom(err) or step == 1:
+                raise
+            oom = True
+        if oom:  # outside the except block, so the failed frames are released
+            step = max(1, step // 2)
+            chunk = step
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory: continuing with %d images per forward pass", step)
+            continue
+        acc.add_(stats)
+        i += step
+    return chunk
+
+
 def evaluate_ablations(
     model: nn.Module,
     loader: Iterable,
@@ -160,33 +196,8 @@ def evaluate_ablations(
     try:
         with eval_mode(model), torch.inference_mode():
             for batch in batches:
-                x, y = batch[0], batch[1]
-                if not isinstance(y, torch.Tensor):
-                    y = torch.as_tensor(y)
-                x = x.to(device, non_blocking=True)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device, non_blocking=True).long()
-                b = x.shape[0]
-                step = b if chunk is None else min(chunk, b)
-                i = 0
-                while i < b:
-                    oom = False
-                    try:
-                        stats = _chunk_stats(model, x[i : i + step], y[i : i + step], plans, amp_dtype)
-                    except (RuntimeError, torch.OutOfMemoryError) as err:
-                        if not _is_oom(err) or step == 1:
-                            raise
-                        oom = True
-                    if oom:  # outside the except block, so the failed frames are released
-                        step = max(1, step // 2)
-                        chunk = step
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                        log.warning("out of memory: continuing with %d images per forward pass", step)
-                        continue
-                    acc.add_(stats)
-                    i += step
+                x, y = _to_device(batch, device, channels_last)
+                chunk = _accumulate(model, x, y, plans, amp_dtype, acc, chunk)
                 if checkpoint is not None and time.monotonic() - last_save > checkpoint_every_s:
                     checkpoint(acc.cpu())
                     last_save = time.monotonic()

@@ -107,6 +107,33 @@ def upsample_maps(raw: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return (m / peak[:, None, None]).clamp_(0, 1)
 
 
+def _cam_batch(model: nn.Module, module: nn.Module, x: torch.Tensor, t: Optional[torch.Tensor], layout: str):
+    """``(raw map [b, h, w], logits, explained classes, layout)`` of one batch through captum."""
+    from captum.attr import LayerGradCam
+
+    store: Dict[str, torch.Tensor] = {}
+
+    def forward(inp):
+        logits = model(inp)
+        if logits.dim() != 2:
+            raise ValueError(f"model output must be [B, classes], got {tuple(logits.shape)}")
+        cls = logits.detach().argmax(1) if t is None else t
+        if t is not None and int(t.max()) >= logits.shape[1]:
+            raise ValueError(f"targets must lie in [0, {logits.shape[1]}); got {t.tolist()}")
+        store["logits"], store["cls"] = logits.detach(), cls
+        return logits.gather(1, cls[:, None])[:, 0]
+
+    with frozen_parameters(model), contextlib.ExitStack() as stack:
+        if layout == "nchw":
+            hooked = module
+        else:
+            info = stack.enter_context(nchw_adapter(model, module, layout, tuple(x.shape[-2:])))
+            hooked = info["adapter"]
+        attr = LayerGradCam(forward, hooked).attribute(x, target=None, relu_attributions=False)
+        used = layout if layout == "nchw" else info["layout"]
+    return attr[:, 0].detach(), store["logits"], store["cls"], used
+
+
 def grad_cam(
     model: nn.Module,
     images: torch.Tensor,
@@ -124,8 +151,6 @@ def grad_cam(
     dropped, grid inferred from the input size).  ``batch_size`` splits the batch (the result is the
     same; see the tests).  The model's train/eval mode is left as it is: call ``model.eval()``.
     """
-    from captum.attr import LayerGradCam
-
     from ..runtime import model_device
     from ..runtime import progress as _progress
 
@@ -144,31 +169,9 @@ def grad_cam(
     used_layout = layout
     starts = range(0, B, bs)
     for s in _progress(starts, enabled=progress and len(starts) > 1, desc="grad-cam", leave=False):
-        x = images[s : s + bs]
         t = None if targets is None else targets[s : s + bs].to(device)
-        store: Dict[str, torch.Tensor] = {}
-
-        def forward(inp, _t=t):
-            logits = model(inp)
-            if logits.dim() != 2:
-                raise ValueError(f"model output must be [B, classes], got {tuple(logits.shape)}")
-            cls = logits.detach().argmax(1) if _t is None else _t
-            if _t is not None and int(_t.max()) >= logits.shape[1]:
-                raise ValueError(f"targets must lie in [0, {logits.shape[1]}); got {_t.tolist()}")
-            store["logits"], store["cls"] = logits.detach(), cls
-            return logits.gather(1, cls[:, None])[:, 0]
-
-        with frozen_parameters(model), contextlib.ExitStack() as stack:
-            if layout == "nchw":
-                hooked = module
-            else:
-                info = stack.enter_context(nchw_adapter(model, module, layout, (H, W)))
-                hooked = info["adapter"]
-            attr = LayerGradCam(forward, hooked).attribute(x, target=None, relu_attributions=False)
-            if layout != "nchw":
-                used_layout = info["layout"]
-        raws.append(attr[:, 0].detach())
-        logits, cls = store["logits"], store["cls"]
+        attr, logits, cls, used_layout = _cam_batch(model, module, images[s : s + bs], t, layout)
+        raws.append(attr)
         tgts.append(cls)
         scores.append(logits.gather(1, cls[:, None])[:, 0])
         probs.append(logits.float().softmax(1).gather(1, cls[:, None])[:, 0])

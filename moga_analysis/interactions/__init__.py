@@ -10,10 +10,18 @@
 * ``python -m moga_analysis.interactions``: the command line (:mod:`.cli`).
 """
 
+from .adaptive import estimate_adaptive as estimate_adaptive  # re-export (add to __all__)
 from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence, reference_pairs
 from .estimators import InteractionResult, estimate_interactions, exact_interactions
 from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
 from .maps import InteractionMaps, MapDifference, interaction_maps, map_difference, maps_from_result
+from .pipeline import (
+    InteractionSettings,
+    InteractionStack,
+    ModelInteractions,
+    compute_interactions,
+    image_interactions,
+)
 from .strength import (
     ORDER_BANDS,
     bootstrap_relative_strength,
@@ -28,6 +36,11 @@ __all__ = [
     "ImageMaskingGame",
     "InteractionMaps",
     "InteractionResult",
+    "InteractionSettings",
+    "InteractionStack",
+    "ModelInteractions",
+    "compute_interactions",
+    "image_interactions",
     "MapDifference",
     "ORDER_BANDS",
     "OUTPUTS",

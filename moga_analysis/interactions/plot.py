@@ -87,6 +87,6 @@ def plot_relative_strength(
     ax.legend(fontsize="small")
     norm = "mean over evaluated orders" if normalization == "evaluated" else "mean over all orders"
     note = "; dotted: noise floor" if show_noise else ""
-    ax.set_title(title or f"relative interaction strength ({norm}{note})", fontsize="small")
+    ax.set_title(title or f"J^(m), {norm}{note}", fontsize="small")
     fig.tight_layout()
     return fig, ax
