@@ -54,7 +54,7 @@ def _one(entry: Any, random_weights: bool) -> ModelSpec:
         name, ckpt = entry
         if isinstance(ckpt, nn.Module):
             return ModelSpec(str(name), module=ckpt)
-        return ModelSpec(str(name), None if ckpt is None else str(ckpt), random_weights=random_weights)
+        return ModelSpec(str(name), None if ckpt is None else str(ckpt), random_weights=random_weights and ckpt is None)
     if isinstance(entry, str):
         name, sep, ckpt = entry.partition("=")
         if not name or (sep and not ckpt):
@@ -73,7 +73,9 @@ def model_specs(models: Any, *, random_weights: bool = False) -> List[ModelSpec]
     elif isinstance(models, (str, nn.Module, ModelSpec, tuple)):
         entries = [models]
     else:
-        entries = list(models)
+        entries = []
+        for e in models:
+            entries.extend(e.items() if isinstance(e, Mapping) else [e])
     specs = [_one(e, random_weights) for e in entries]
     if not specs:
         raise ValueError("no models given")

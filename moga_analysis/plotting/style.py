@@ -67,12 +67,12 @@ def save_figure(
     fig, path: Union[str, os.PathLike], formats: Sequence[str] = ("png", "pdf"), close: bool = False
 ) -> List[Path]:
     """Save ``fig`` as ``path`` with each suffix in ``formats`` (the paper style's bounding box and
-    fonts; PNG at a resolution giving about :data:`README_WIDTH_PX` pixels of width, 150-400 dpi);
+    fonts; PNG at a resolution giving about :data:`README_WIDTH_PX` pixels of width, 150-600 dpi);
     ``close`` closes the figure afterwards.  Returns the written paths."""
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     stem = base.with_suffix("") if base.suffix.lower() in {".png", ".pdf", ".svg"} else base
-    dpi = min(400.0, max(150.0, README_WIDTH_PX / max(fig.get_figwidth(), 1e-3)))
+    dpi = min(600.0, max(150.0, README_WIDTH_PX / max(fig.get_figwidth(), 1e-3)))
     out = []
     with paper_style():
         for fmt in formats:
