@@ -26,6 +26,7 @@ __all__ = [
     "progress",
     "setup_logging",
     "tune_malloc",
+    "allocator_state",
     "environment_info",
 ]
 
@@ -169,6 +170,20 @@ def setup_logging(verbosity: int = 0) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+_MALLOC_TUNED = False
+
+
+def allocator_state() -> str:
+    """How glibc's allocator was set for this process: ``"environment"`` (``MALLOC_MMAP_MAX_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` set at start-up: the fastest), ``"mallopt"`` (:func:`tune_malloc`
+    at run time: part of the speed) or ``"default"``."""
+    import os
+
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0" and os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return "environment"
+    return "mallopt" if _MALLOC_TUNED else "default"
+
+
 def tune_malloc(trim_threshold: int = 16 << 30) -> bool:
     """Ask glibc to keep freed memory instead of returning it to the OS.
 
@@ -186,6 +201,8 @@ def tune_malloc(trim_threshold: int = 16 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     if ok:
+        global _MALLOC_TUNED
+        _MALLOC_TUNED = True
         log.debug("glibc malloc tuned: mmap off, trim threshold %d", trim_threshold)
     return ok
 
@@ -203,6 +220,7 @@ def environment_info(device: Optional[torch.device] = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        "allocator": allocator_state(),
     }
     if device is not None:
         info["device"] = str(device)
