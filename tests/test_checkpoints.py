@@ -113,19 +113,23 @@ def test_pickle_carrying_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_offline_download_names_url_and_local_file(monkeypatch, tmp_path):
-    import urllib.error
+    import socket
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    from moga_analysis.models import hub
 
-    def refuse(url, dst, progress=True):
-        raise urllib.error.URLError("Name or service not known")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv(hub.MIRROR_ENV, closed)  # every download is refused at once, as offline
+    monkeypatch.delenv(hub.WEIGHTS_DIR_ENV, raising=False)
     url = "https://example.invalid/weights/moganet_xtiny.pth.tar"
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_fresh(), url)
     msg = str(info.value)
     assert url in msg and "--checkpoint PATH" in msg
+    assert str(tmp_path / "hub" / "checkpoints" / "moganet_xtiny.pth.tar") in msg
     # create_model(pretrained=True) goes through the same path, with the official URL
     with pytest.raises(CheckpointError, match="moganet_xtiny_sz224_8xbs128_ep300.pth.tar"):
         timm.create_model("moganet_xtiny", pretrained=True)
@@ -135,3 +139,4 @@ def test_pretrained_from_local_file_via_cfg_overlay(reference_dir, reference_sd)
     path = str(reference_dir / "moganet_xtiny_seed0.safetensors")
     model = timm.create_model("moganet_xtiny", pretrained=True, pretrained_cfg_overlay=dict(file=path))
     _assert_loaded(model, reference_sd)
+    assert model.weights_provenance["kind"] == "file" and model.weights_provenance["file"] == path

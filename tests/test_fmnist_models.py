@@ -82,3 +82,16 @@ def test_shipped_weights_reach_recorded_accuracy(tag):
     acc = training.evaluate(model, x, y, batch_size=100, preprocessed=True)["accuracy"]
     assert abs(acc - record["shipped"]["accuracy_on_shipped_300"]) <= 2 / 300
     assert acc >= 0.80 and record["test_accuracy"] >= 0.80
+
+
+@pytest.mark.parametrize("tag", sorted(SHIPPED))
+def test_shipped_weights_load_through_features_only(tag):
+    """features_only / out_indices load the shipped weights (the wrapper prunes after loading)."""
+    full = timm.create_model(tag, pretrained=True).eval()
+    feats = timm.create_model(tag, pretrained=True, features_only=True, out_indices=(1, 3)).eval()
+    x, _ = training.load_fmnist_samples()
+    with torch.no_grad():
+        want = full.forward_intermediates(x[:2], indices=[1, 3], intermediates_only=True)
+        got = feats(x[:2])
+    assert [t.shape[1] for t in got] == [64, 192] and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert feats.weights_provenance["sha256"] == full.weights_provenance["sha256"]

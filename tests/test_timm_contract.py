@@ -18,7 +18,11 @@ def test_all_variants_and_aliases_registered():
         with torch.device("meta"):
             a, t = timm.create_model(alias), timm.create_model(target)
         assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in t.parameters()]
-        assert a.pretrained_cfg["url"] == t.pretrained_cfg["url"]
+        assert a.pretrained_cfg == t.pretrained_cfg  # the canonical cfg: same URL, tag, preprocessing
+        # a full name in the registry too: pretrained, with every tag of its canonical name
+        assert timm.is_model_pretrained(alias)
+        assert [n.split(".", 1)[1] for n in timm.list_pretrained(alias + ".*")] == [
+            n.split(".", 1)[1] for n in timm.list_pretrained(target + ".*")]
 
 
 @pytest.mark.parametrize("name", OFFICIAL)

@@ -5,7 +5,8 @@
 * Pickles are read with ``torch.load(weights_only=True)``: a pickle that carries code is refused.
 * Strict by default: any missing or unexpected key or shape mismatch raises
   :class:`CheckpointMismatchError` listing them all; nothing is loaded partially.
-* URLs are downloaded once into the torch hub cache (``torch.hub.get_dir()/checkpoints``).
+* URLs are found in the weights folder or the torch hub cache, else downloaded once into the cache
+  through a verified temporary file (:mod:`moga_analysis.models.hub`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import urllib.error
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
-from urllib.parse import urlparse
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -28,6 +27,9 @@ __all__ = [
     "unwrap_state_dict",
     "load_checkpoint",
     "load_pretrained",
+    "locate_pretrained",
+    "set_provenance",
+    "WeightsSource",
     "download",
 ]
 
@@ -72,34 +74,36 @@ class CheckpointMismatchError(CheckpointError):
 
 
 def _is_url(s: str) -> bool:
-    return urlparse(str(s)).scheme in ("http", "https", "ftp")
+    from .hub import is_url
+
+    return is_url(s)
 
 
 def download(url: str, progress: bool = True) -> Path:
-    """Download ``url`` into the torch hub cache once and return the local path."""
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cache.mkdir(parents=True, exist_ok=True)
-    dest = cache / os.path.basename(urlparse(url).path)
-    if dest.exists():
-        return dest
-    try:
-        torch.hub.download_url_to_file(url, str(dest), progress=progress)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise CheckpointError(
-            f"Could not download {url} ({err}). Download it on a machine with internet access and "
-            f"pass the local file instead: load_checkpoint(model, 'PATH') in Python, or "
-            f"--checkpoint PATH on the command line (or copy it to {dest})."
-        ) from err
-    return dest
+    """The local file of ``url``: the weights folder, then the torch hub cache, else downloaded into the
+    cache through a verified temporary file (see :mod:`moga_analysis.models.hub`)."""
+    from .hub import fetch_url
+
+    return fetch_url(url, progress=progress)
 
 
-def read_checkpoint(path_or_url: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint file (or URL) into a dict, safely."""
+def read_checkpoint(
+    path_or_url: Union[str, os.PathLike],
+    map_location: Any = "cpu",
+    *,
+    suffix: Optional[str] = None,
+    mmap: bool = False,
+) -> Dict[str, Any]:
+    """Read a checkpoint file (or URL) into a dict, safely.
+
+    ``suffix``: read as this kind of file (``.safetensors``) whatever the name says; ``mmap``: map a
+    zip-format pickle instead of reading it (for a quick check of a large file).
+    """
     src = str(path_or_url)
     path = download(src) if _is_url(src) else Path(src)
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
+    if (suffix or path.suffix) == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -108,7 +112,7 @@ def read_checkpoint(path_or_url: Union[str, os.PathLike], map_location: Any = "c
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+        obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap or None)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain-weights checkpoint (torch.load with "
@@ -116,6 +120,8 @@ def read_checkpoint(path_or_url: Union[str, os.PathLike], map_location: Any = "c
             f"are never executed; convert the file to safetensors from a trusted environment."
         ) from err
     except Exception as err:  # the unpickler raises many types on garbage
+        if mmap:  # legacy (non-zip) pickles cannot be mapped: read them
+            return read_checkpoint(path, map_location, suffix=suffix)
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint: {err}") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -157,14 +163,15 @@ def load_checkpoint(
     use_ema: bool = False,
     map_location: Any = "cpu",
     drop_head: bool = False,
+    name: Optional[str] = None,
 ) -> nn.Module:
     """Load weights into ``model`` strictly (default) and return it.
 
     ``path_or_url`` may be a file, a URL or an already loaded dict.  ``drop_head=True`` skips the
     classifier (``model.pretrained_cfg['classifier']``, else ``head``/``fc``) for fine-tuning with a
-    different number of classes.
+    different number of classes.  ``name``: how errors call the checkpoint (default: its path).
     """
-    source = "checkpoint" if isinstance(path_or_url, Mapping) else str(path_or_url)
+    source = name or ("checkpoint" if isinstance(path_or_url, Mapping) else str(path_or_url))
     raw = dict(path_or_url) if isinstance(path_or_url, Mapping) else read_checkpoint(path_or_url, map_location)
     sd = unwrap_state_dict(raw, use_ema=use_ema)
     own = model.state_dict()
@@ -192,18 +199,117 @@ def load_checkpoint(
     return model
 
 
-def load_pretrained(model: nn.Module, strict: bool = True) -> nn.Module:
-    """Load the weights named by ``model.pretrained_cfg`` (``file`` first, then ``url``).
+class WeightsSource(NamedTuple):
+    """Where a model's pretrained weights are: ``kind`` (``url``, ``file`` or ``shipped``), the
+    ``location`` recorded in results (URL or path) and the local ``file`` that is read."""
 
-    The classifier is skipped when the model's ``num_classes`` differs from the checkpoint's.
+    kind: str
+    location: str
+    file: Path
+
+
+def cfg_name(cfg: Mapping[str, Any]) -> str:
+    """``architecture.tag`` of a pretrained cfg (just the architecture when it has no tag)."""
+    arch, tag = cfg.get("architecture") or "?", cfg.get("tag")
+    return f"{arch}.{tag}" if tag else arch
+
+
+def no_weights_message(name: str, cfg: Mapping[str, Any]) -> str:
+    """The error for a name that has no pretrained weights at all."""
+    why = f" ({cfg['description']})" if cfg.get("description") else ""
+    return (
+        f"{name} has no pretrained weights{why}; nothing was computed. Pass its weights with --checkpoint PATH "
+        f"(load_model(name, checkpoint=PATH), load_checkpoint(model, PATH)), or ask for random weights with "
+        f"--random-weights (pretrained=False)."
+    )
+
+
+def locate_pretrained(
+    cfg: Mapping[str, Any],
+    *,
+    weights_dir: Union[str, os.PathLike, None] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    progress: bool = False,
+    requested: Optional[str] = None,
+) -> WeightsSource:
+    """The local file of a pretrained cfg's weights (``file`` first, then ``url``: weights folder, hub
+    cache, download), or ``CheckpointError`` before anything is built.  ``requested``: the name the
+    user typed, for the messages."""
+    from .hub import _PACKAGE_DIR, fetch_url
+
+    name = cfg_name(cfg)
+    if requested and requested not in (name, name.split(".")[0]):
+        name = f"{requested} (= {name})"
+    if cfg.get("file"):
+        path = Path(cfg["file"])
+        if not path.is_file():
+            raise CheckpointError(f"{name}: its weights file {path} does not exist; nothing was computed.")
+        shipped = path.resolve().is_relative_to(_PACKAGE_DIR)
+        return WeightsSource("shipped" if shipped else "file", str(path), path)
+    if cfg.get("url"):
+        url = str(cfg["url"])
+        return WeightsSource("url", url, fetch_url(url, name=name, weights_dir_=weights_dir, cache_dir=cache_dir,
+                                                   progress=progress))
+    raise CheckpointError(no_weights_message(name, cfg))
+
+
+def set_provenance(model: nn.Module, *, model_name: str, requested: Optional[str], kind: str,
+                   location: Optional[str], file: Union[str, os.PathLike, None]) -> Dict[str, Any]:
+    """Record where ``model``'s weights came from on ``model.weights_provenance`` (and the location on
+    ``model.weights_source``, None for random weights); returns the dict."""
+    from .hub import file_sha256
+
+    prov = {
+        "model": model_name,
+        "requested": requested if requested is not None else model_name,
+        "kind": kind,
+        "location": location,
+        "file": str(Path(file).resolve()) if file else None,
+        "sha256": file_sha256(file) if file else None,
+    }
+    model.weights_provenance = prov
+    model.weights_source = None if kind == "random" else location
+    return prov
+
+
+def _adapt_input_conv(model: nn.Module, sd: Dict[str, torch.Tensor], cfg: Mapping[str, Any]) -> None:
+    """timm's rule for ``in_chans != 3``: sum / repeat the first conv's pretrained filters."""
+    from timm.models import adapt_input_conv
+
+    first = cfg.get("first_conv")
+    for conv in ([first] if isinstance(first, str) else list(first or [])):
+        key = conv + ".weight"
+        if key not in sd:
+            continue
+        want = model.get_submodule(conv).weight.shape
+        if sd[key].shape != want and sd[key].ndim == 4 and sd[key].shape[0] == want[0]:
+            sd[key] = adapt_input_conv(want[1], sd[key])
+
+
+def load_pretrained(
+    model: nn.Module,
+    strict: bool = True,
+    *,
+    weights_dir: Union[str, os.PathLike, None] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    requested: Optional[str] = None,
+    source: Optional[WeightsSource] = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Load the weights named by ``model.pretrained_cfg`` (``file`` first, then ``url`` through the
+    weights folder, the hub cache or a download) strictly, and record their provenance.
+
+    The classifier is skipped when the model's ``num_classes`` differs from the checkpoint's, and the
+    first conv is adapted when ``in_chans`` differs (timm's rules).  ``source``: an already located
+    file (:func:`locate_pretrained`).
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    src: Optional[str] = cfg.get("file") or cfg.get("url")
-    if not src:
-        raise CheckpointError(
-            f"no pretrained weights are defined for {cfg.get('architecture', type(model).__name__)}"
-            f" (tag {cfg.get('tag')!r}); pass a checkpoint file with load_checkpoint()"
-            + (f". {cfg['description']}" if cfg.get("description") else "")
-        )
+    if source is None:
+        source = locate_pretrained(cfg, weights_dir=weights_dir, cache_dir=cache_dir, progress=progress)
+    sd = unwrap_state_dict(read_checkpoint(source.file))
+    _adapt_input_conv(model, sd, cfg)
     drop_head = getattr(model, "num_classes", cfg.get("num_classes")) != cfg.get("num_classes")
-    return load_checkpoint(model, src, strict=strict, drop_head=drop_head)
+    load_checkpoint(model, sd, strict=strict, drop_head=drop_head, name=str(source.file))
+    set_provenance(model, model_name=cfg_name(cfg), requested=requested, kind=source.kind,
+                   location=source.location, file=source.file)
+    return model

@@ -20,10 +20,9 @@ Forward hooks on a tap point read the tensor; a hook that returns a tensor repla
 add no parameters and cost nothing when no hook is registered.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import nn
 
@@ -34,6 +33,7 @@ __all__ = [
     "MultiOrderGatedAggregation",
     "ChannelAggregationFFN",
     "MogaBlock",
+    "BlockList",
     "StemPatchEmbed",
     "ConvPatchEmbed",
     "multi_order_split",
@@ -75,6 +75,8 @@ class MultiOrderDWConv(nn.Module):
     variant used for training-time ablations; it has no ``DW_conv1`` / ``DW_conv2`` parameters.
     """
 
+    __constants__ = ["multi_order"]  # for TorchScript: the branch without the convs is compiled away
+
     def __init__(
         self,
         channels: int,
@@ -84,7 +86,7 @@ class MultiOrderDWConv(nn.Module):
     ):
         super().__init__()
         self.channels = channels
-        self.split = multi_order_split(channels, channel_split)
+        self.split = list(multi_order_split(channels, channel_split))
         self.multi_order = multi_order
         c0, c1, c2 = self.split
         d0, d1, d2 = dilations
@@ -98,15 +100,8 @@ class MultiOrderDWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.DW_conv0(x)
         if self.multi_order:
-            c0, c1, c2 = self.split
-            x = torch.cat(
-                [
-                    x[:, :c0],
-                    self.DW_conv1(x[:, c0 : c0 + c1]),
-                    self.DW_conv2(x[:, self.channels - c2 :]),
-                ],
-                dim=1,
-            )
+            x0, x1, x2 = torch.split(x, self.split, dim=1)  # channel groups (views, as slicing would give)
+            x = torch.cat([x0, self.DW_conv1(x1), self.DW_conv2(x2)], dim=1)
         return self.PW_conv(x)
 
 
@@ -120,6 +115,8 @@ class MultiOrderGatedAggregation(nn.Module):
     ``gate=False`` drops the gate branch (``proj_2(SiLU(value(y))) + x``; no ``gate`` parameters),
     ``use_fd=False`` drops FD's re-weighting (no ``sigma``): both exist for training-time ablations.
     """
+
+    __constants__ = ["use_gate", "use_fd"]  # for TorchScript: branches on absent modules are compiled away
 
     def __init__(
         self,
@@ -168,6 +165,8 @@ class ChannelAggregationFFN(nn.Module):
     ``h = GELU(DWConv3x3(fc1(x)))``; CA: ``h + sigma * (h - GELU(decompose(h)))`` where
     ``decompose`` squeezes all channels into one; then ``fc2``.
     """
+
+    __constants__ = ["use_ca"]  # for TorchScript: the branch on the absent CA modules is compiled away
 
     def __init__(self, channels: int, hidden: int, drop: float = 0.0, init_value: float = 1e-5,
                  use_ca: bool = True):
@@ -226,6 +225,23 @@ class MogaBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.layer_scale_1 * self.attn(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x)))
+        return x
+
+
+class BlockList(nn.ModuleList):
+    """The blocks of one stage: a ``ModuleList`` (keys ``blocks{i}.{j}.*`` as in the official code)
+    that also runs them in order, with optional activation checkpointing in training."""
+
+    def __init__(self, blocks=None):
+        super().__init__(blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return x
 
 

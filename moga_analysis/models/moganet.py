@@ -6,8 +6,6 @@ Six variants are registered in timm's registry when :mod:`moga_analysis` is impo
 official state-dict keys, so official checkpoints load strictly with no remapping.
 """
 
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,9 +15,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .layers import ConvPatchEmbed, MogaBlock, StemPatchEmbed
+from .layers import BlockList, ConvPatchEmbed, MogaBlock, StemPatchEmbed
 
-__all__ = ["MogaNet", "ARCH_SETTINGS", "ALIASES", "checkpoint_filter_fn"]
+__all__ = ["MogaNet", "ARCH_SETTINGS", "ALIASES", "canonical_name", "checkpoint_filter_fn"]
 
 ARCH_SETTINGS: Dict[str, Dict[str, Tuple[int, ...]]] = {
     "xtiny": dict(embed_dims=(32, 64, 96, 192), depths=(3, 3, 10, 2), ffn_ratios=(8, 8, 4, 4)),
@@ -72,6 +70,8 @@ class MogaNet(nn.Module):
         use_ca: bool = True,
     ):
         super().__init__()
+        if len(depths) != 4 or len(embed_dims) != 4 or len(ffn_ratios) != 4:
+            raise ValueError("MogaNet has four stages: give four embed_dims, depths and ffn_ratios")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
         self.num_classes = num_classes
@@ -89,7 +89,7 @@ class MogaNet(nn.Module):
         start = 0
         for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, ffn_ratios)):
             embed = StemPatchEmbed(in_chans, dim) if i == 0 else ConvPatchEmbed(embed_dims[i - 1], dim)
-            blocks = nn.ModuleList(
+            blocks = BlockList(
                 MogaBlock(
                     dim,
                     ffn_ratio=ratio,
@@ -139,13 +139,7 @@ class MogaNet(nn.Module):
 
     def _run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
         embed, blocks, norm = self.stage(index)
-        x = embed(x)
-        for blk in blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return norm(x)
+        return norm(blocks(embed(x)))
 
     # ----------------------------------------------------------------- timm contract
     @torch.jit.ignore
@@ -158,6 +152,8 @@ class MogaNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        for i in range(4):
+            getattr(self, f"blocks{i + 1}").grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -173,8 +169,12 @@ class MogaNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map after the last stage's norm: ``[B, C4, H/32, W/32]``."""
-        for i in range(self.num_stages):
-            x = self._run_stage(i, x)
+        # the four stages written out (not a loop over names) so that TorchScript can compile it;
+        # stages removed by prune_intermediate_layers are identities
+        x = self.norm1(self.blocks1(self.patch_embed1(x)))
+        x = self.norm2(self.blocks2(self.patch_embed2(x)))
+        x = self.norm3(self.blocks3(self.patch_embed3(x)))
+        x = self.norm4(self.blocks4(self.patch_embed4(x)))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -219,11 +219,14 @@ class MogaNet(nn.Module):
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> List[int]:
-        """Drop the stages after the last wanted one (and the head); returns the kept indices."""
+        """Drop the stages after the last wanted one (and the head); returns the kept indices.
+
+        A dropped stage's modules become identities (no parameters, nothing computed)."""
         take, max_index = feature_take_indices(self.num_stages, indices)
         for i in range(max_index + 1, self.num_stages):
-            for name in (f"patch_embed{i + 1}", f"blocks{i + 1}", f"norm{i + 1}"):
-                delattr(self, name)
+            setattr(self, f"patch_embed{i + 1}", nn.Identity())
+            setattr(self, f"blocks{i + 1}", BlockList())
+            setattr(self, f"norm{i + 1}", nn.Identity())
         self.num_stages = max_index + 1
         self.feature_info = self.feature_info[: max_index + 1]
         if prune_head:
@@ -301,47 +304,118 @@ def _fmnist_cfg(filename: Optional[str], variant: str = "", **kwargs: Any) -> Di
     )
 
 
+_CFGS = {
+    "moganet_xtiny.in1k": _cfg(_RELEASE + "moganet_xtiny_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_xtiny.in1k_256": _cfg(
+        _RELEASE + "moganet_xtiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+    ),
+    "moganet_xtiny.fmnist_64": _fmnist_cfg("moganet_xtiny_fmnist_64.safetensors"),
+    "moganet_xtiny_nogate.fmnist_64": _fmnist_cfg("moganet_xtiny_nogate_fmnist_64.safetensors"),
+    "moganet_xtiny_single_order.fmnist_64": _fmnist_cfg(None, "single_order"),
+    "moganet_xtiny_nofd.fmnist_64": _fmnist_cfg(None, "no_fd"),
+    "moganet_xtiny_noca.fmnist_64": _fmnist_cfg(None, "no_ca"),
+    "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_tiny.in1k_256": _cfg(
+        _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+    ),
+    "moganet_small.in1k": _cfg(_RELEASE + "moganet_small_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_base.in1k": _cfg(_RELEASE + "moganet_base_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_large.in1k": _cfg(_RELEASE + "moganet_large_sz224_8xbs64_ep300.pth.tar"),
+    "moganet_xlarge.in1k": _cfg(_RELEASE + "moganet_xlarge_sz224_8xbs64_ep300.pth.tar"),
+}
+
+# An alias is a full name: the registry gives it every tag of its canonical name, with the same cfg
+# (URL, file, preprocessing), so timm.is_model_pretrained / list_pretrained / "moganet_s.in1k" work;
+# its models are built by, and carry the pretrained cfg of, the canonical name.
 default_cfgs = generate_default_cfgs(
     {
-        "moganet_xtiny.in1k": _cfg(_RELEASE + "moganet_xtiny_sz224_8xbs128_ep300.pth.tar"),
-        "moganet_xtiny.in1k_256": _cfg(
-            _RELEASE + "moganet_xtiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
-        ),
-        "moganet_xtiny.fmnist_64": _fmnist_cfg("moganet_xtiny_fmnist_64.safetensors"),
-        "moganet_xtiny_nogate.fmnist_64": _fmnist_cfg("moganet_xtiny_nogate_fmnist_64.safetensors"),
-        "moganet_xtiny_single_order.fmnist_64": _fmnist_cfg(None, "single_order"),
-        "moganet_xtiny_nofd.fmnist_64": _fmnist_cfg(None, "no_fd"),
-        "moganet_xtiny_noca.fmnist_64": _fmnist_cfg(None, "no_ca"),
-        "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
-        "moganet_tiny.in1k_256": _cfg(
-            _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
-        ),
-        "moganet_small.in1k": _cfg(_RELEASE + "moganet_small_sz224_8xbs128_ep300.pth.tar"),
-        "moganet_base.in1k": _cfg(_RELEASE + "moganet_base_sz224_8xbs128_ep300.pth.tar"),
-        "moganet_large.in1k": _cfg(_RELEASE + "moganet_large_sz224_8xbs64_ep300.pth.tar"),
-        "moganet_xlarge.in1k": _cfg(_RELEASE + "moganet_xlarge_sz224_8xbs64_ep300.pth.tar"),
+        **_CFGS,
+        **{
+            f"{alias}.{key.split('.', 1)[1]}": cfg
+            for alias, target in ALIASES.items()
+            for key, cfg in _CFGS.items()
+            if key.split(".", 1)[0] == target
+        },
     }
 )
 
 
-def _create_moganet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs: Any) -> MogaNet:
+def canonical_name(name: str) -> str:
+    """``moganet_s.in1k`` -> ``moganet_small.in1k``: the registered name an alias stands for (any other
+    name unchanged)."""
+    arch, sep, tag = name.partition(".")
+    return ALIASES.get(arch, arch) + sep + tag
+
+
+def _check_tag(variant: str, pretrained_cfg: Any) -> None:
+    """A tag that the variant does not have is an error (timm would fall back to an empty cfg)."""
+    if isinstance(pretrained_cfg, str) and pretrained_cfg:
+        from timm.models import get_pretrained_cfg
+
+        try:
+            known = get_pretrained_cfg(f"{variant}.{pretrained_cfg}") is not None
+        except RuntimeError:  # timm: "Invalid pretrained tag"
+            known = False
+        if not known:
+            tags = sorted(k.split(".", 1)[1] for k in _CFGS if k.split(".", 1)[0] == variant)
+            raise ValueError(f"{variant} has no tag {pretrained_cfg!r}; its tags: {', '.join(tags) or 'none'}")
+
+
+def _feature_wrapper(model: MogaNet, variant: str, feature_cfg: Dict[str, Any]) -> nn.Module:
+    """timm's ``features_only`` wrapper around an already built (and loaded) model."""
+    wrapped = build_model_with_cfg(
+        lambda **_: model,  # timm wraps what this returns; its pretrained weights are already in place
+        variant,
+        pretrained=False,
+        pretrained_cfg=dict(model.pretrained_cfg),
+        features_only=True,
+        feature_cfg=dict(feature_cfg),
+    )
+    for attr in ("weights_provenance", "weights_source"):
+        if hasattr(model, attr):
+            setattr(wrapped, attr, getattr(model, attr))
+    return wrapped
+
+
+def _create_moganet(
+    variant: str, pretrained: bool = False, arch: Optional[str] = None, requested: Optional[str] = None, **kwargs: Any
+) -> nn.Module:
     """Build ``variant`` (its pretrained cfg names the weights) with the settings of ``arch``
-    (default: the variant's own, e.g. ``small`` for ``moganet_small``)."""
+    (default: the variant's own, e.g. ``small`` for ``moganet_small``).
+
+    With ``pretrained=True`` the weights are located first (``file``, then the weights folder, the
+    hub cache or a download of ``url``; ``weights_dir=`` / ``cache_dir=`` steer it), so a missing
+    file fails before anything is built; they are loaded strictly into the full model, and only then
+    is a ``features_only`` model cut down to its feature stages.  ``requested``: the name the user
+    typed (an alias), recorded in ``model.weights_provenance``.
+    """
+    from .checkpoints import load_pretrained, locate_pretrained
+
     arch = arch or variant.split("_", 1)[1]
     settings = {k: v for k, v in ARCH_SETTINGS[arch].items() if k not in kwargs}
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    model = build_model_with_cfg(
-        MogaNet,
-        variant,
-        pretrained=False,  # weights are loaded below by our strict loader
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **settings,
-        **kwargs,
-    )
+    features_only = kwargs.pop("features_only", False)
+    feature_cfg: Dict[str, Any] = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
+    feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
+    for key in ("out_indices", "feature_cls"):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    weights_dir = kwargs.pop("weights_dir", None)
+    cache_dir = kwargs.pop("cache_dir", None)
+    tag = kwargs.get("pretrained_cfg")
+    _check_tag(variant, tag)
+    if requested is None:  # what timm.create_model was given: the name, with its tag if any
+        requested = f"{variant}.{tag}" if isinstance(tag, str) and tag else variant
+    source = None
     if pretrained:
-        from .checkpoints import load_pretrained
+        from timm.models._builder import resolve_pretrained_cfg
 
-        load_pretrained(model)
+        cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+        source = locate_pretrained(cfg.to_dict(), weights_dir=weights_dir, cache_dir=cache_dir, requested=requested)
+    model = build_model_with_cfg(MogaNet, variant, pretrained=False, cache_dir=cache_dir, **settings, **kwargs)
+    if pretrained:
+        load_pretrained(model, source=source, requested=requested)
+    if features_only:
+        return _feature_wrapper(model, variant, feature_cfg)
     return model
 
 
@@ -379,10 +453,13 @@ def _register_alias(alias: str, target: str) -> None:
     """Register ``alias`` (e.g. ``moganet_s``) as an entry point building ``target``."""
 
     def entry(pretrained: bool = False, **kwargs: Any) -> MogaNet:
+        tag = kwargs.get("pretrained_cfg")
+        typed = f"{alias}.{tag}" if isinstance(tag, str) and tag else alias
+        kwargs.setdefault("requested", typed)
         return _create_moganet(target, pretrained, **kwargs)
 
     entry.__name__ = entry.__qualname__ = alias
-    entry.__doc__ = f"Alias of ``{target}``."
+    entry.__doc__ = f"Alias of ``{target}``: the same model, pretrained cfgs, tags and weights file."
     register_model(entry)
 
 
