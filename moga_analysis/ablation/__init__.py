@@ -9,6 +9,7 @@
 * ``python -m moga_analysis.ablation``: the command line (:mod:`.cli`).
 """
 
+from ..tools import entry_points
 from .evaluate import METRICS, AblationEvaluation, evaluate_ablations
 from .interventions import FULL, KINDS, MODES, AblationSpec, ablate, calibrate, moga_blocks, parse_specs
 from .pipeline import AblationReport, AblationSettings, AnalysisSettings, ablation_analyses, run_ablation
@@ -34,16 +35,4 @@ __all__ = [
     "run_ablation",
 ]
 
-
-def main(argv=None) -> int:
-    """The command line, ``python -m moga_analysis.ablation`` (see :mod:`.cli`)."""
-    from .cli import main as _main
-
-    return _main(argv)
-
-
-def build_parser():
-    """The command line's argument parser (see :mod:`.cli`)."""
-    from .cli import build_parser as _build
-
-    return _build()
+main, build_parser = entry_points(__name__)

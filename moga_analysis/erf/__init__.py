@@ -7,6 +7,7 @@
 """
 
 from ..runtime import eval_mode
+from ..tools import entry_points
 from .erf import (
     DEFAULT_THRESHOLDS,
     ERFResult,
@@ -32,16 +33,4 @@ __all__ = [
     "build_parser",
 ]
 
-
-def main(argv=None) -> int:
-    """The command line, ``python -m moga_analysis.erf`` (see :mod:`.cli`)."""
-    from .cli import main as _main
-
-    return _main(argv)
-
-
-def build_parser():
-    """The command line's argument parser (see :mod:`.cli`)."""
-    from .cli import build_parser as _build
-
-    return _build()
+main, build_parser = entry_points(__name__)

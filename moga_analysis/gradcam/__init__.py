@@ -10,6 +10,7 @@
 
 from ..feature_maps import default_layer, infer_layout, resolve_layer
 from ..runtime import frozen_parameters
+from ..tools import entry_points
 from .cam import CAMResult, TargetLike, grad_cam, normalize_targets, upsample_maps
 from .faithfulness import FaithfulnessResult, faithfulness_metrics, randomization_check
 from .pipeline import CAMSettings, CAMStack, compute_cams
@@ -34,16 +35,4 @@ __all__ = [
     "build_parser",
 ]
 
-
-def main(argv=None) -> int:
-    """The command line, ``python -m moga_analysis.gradcam`` (see :mod:`.cli`)."""
-    from .cli import main as _main
-
-    return _main(argv)
-
-
-def build_parser():
-    """The command line's argument parser (see :mod:`.cli`)."""
-    from .cli import build_parser as _build
-
-    return _build()
+main, build_parser = entry_points(__name__)

@@ -10,6 +10,7 @@
 * ``python -m moga_analysis.interactions``: the command line (:mod:`.cli`).
 """
 
+from ..tools import entry_points
 from .adaptive import estimate_adaptive as estimate_adaptive  # re-export (add to __all__)
 from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence, reference_pairs
 from .estimators import InteractionResult, estimate_interactions, exact_interactions
@@ -31,6 +32,7 @@ from .strength import (
 )
 
 __all__ = [
+    "build_parser",
     "BASELINES",
     "HarsanyiGame",
     "ImageMaskingGame",
@@ -61,16 +63,4 @@ __all__ = [
     "strength_per_image",
 ]
 
-
-def main(argv=None) -> int:
-    """The command line, ``python -m moga_analysis.interactions`` (see :mod:`.cli`)."""
-    from .cli import main as _main
-
-    return _main(argv)
-
-
-def build_parser():
-    """The command line's argument parser (see :mod:`.cli`)."""
-    from .cli import build_parser as _build
-
-    return _build()
+main, build_parser = entry_points(__name__)
