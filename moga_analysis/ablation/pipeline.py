@@ -219,6 +219,34 @@ def _channels_last(model) -> bool:
     return uses_channels_last(model)
 
 
+def _moganet(spec, device, settings: AblationSettings):
+    """The spec's model, checked to be a MogaNet before any data is read, in the run's memory format."""
+    from ..runtime import prepare_model
+    from ..specs import load_spec
+
+    net = load_spec(spec, device, settings.seed)
+    try:
+        moga_blocks(net)
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+    return prepare_model(net, None, settings.memory_format)
+
+
+def _metadata(spec, net, images, labels_file, imgs, n_dataset, settings, specs, batch_size, timing, device):
+    from ..runtime import environment_info
+
+    mean = any(s.mode == "mean" for s in specs)
+    return {
+        "tool": "moga_analysis.ablation", "model": spec.name, "weights": weights_record(net),
+        "data": str(images), "labels_file": None if labels_file is None else str(labels_file),
+        "n_images": len(imgs), "n_dataset": n_dataset, "subset_seed": settings.seed if len(imgs) < n_dataset else None,
+        "settings": dataclasses.asdict(settings), "channels_last": _channels_last(net),
+        "calibration_images": min(settings.calibration_images, len(imgs)) if mean else 0, "batch_size": batch_size,
+        "specs": [{"name": s.name, "kind": s.kind, "stages": s.stages_label, "mode": s.mode} for s in specs],
+        "timing": timing, "environment": environment_info(device),
+    }
+
+
 def run_ablation(
     model: Any,
     images: Any,
@@ -244,19 +272,14 @@ def run_ablation(
     folder (``resume=True`` continues it).  Returns an :class:`AblationReport` (saved in ``out``).
     """
     from ..data import image_set, transform_for
-    from ..runtime import environment_info, prepare_model, resolve_device
-    from ..specs import load_spec, model_specs
+    from ..runtime import resolve_device
+    from ..specs import model_specs
 
     settings = settings or AblationSettings()
     specs = settings.specs()
     (spec,) = model_specs(model, random_weights=random_weights)
     dev = resolve_device(device)
-    net = load_spec(spec, dev, settings.seed)
-    try:
-        moga_blocks(net)  # a clear error before any data is read
-    except TypeError as err:
-        raise ValueError(str(err)) from None
-    net = prepare_model(net, None, settings.memory_format)
+    net = _moganet(spec, dev, settings)
     imgs_all = image_set(images, labels_file=labels_file)
     imgs = image_set(imgs_all, num_images=num_images, seed=settings.seed)
     dataset = _Files(imgs, transform_for(net, size=settings.image_size))
@@ -270,16 +293,7 @@ def run_ablation(
     loader_for = _loader_factory(dataset, bs, workers, dev)
     evaluation, timing, calibration = _sweep(net, dataset, specs, settings, run, resume, loader_for,
                                              checkpoint_every_s, progress)
-    meta = {
-        "tool": "moga_analysis.ablation", "model": spec.name, "weights": weights_record(net),
-        "data": str(images), "labels_file": None if labels_file is None else str(labels_file),
-        "n_images": len(imgs), "n_dataset": len(imgs_all), "subset_seed": settings.seed if len(imgs) < len(imgs_all)
-        else None, "settings": dataclasses.asdict(settings), "channels_last": _channels_last(net),
-        "calibration_images": min(settings.calibration_images, len(imgs)) if any(s.mode == "mean" for s in specs)
-        else 0, "batch_size": bs,
-        "specs": [{"name": s.name, "kind": s.kind, "stages": s.stages_label, "mode": s.mode} for s in specs],
-        "timing": timing, "environment": environment_info(dev),
-    }
+    meta = _metadata(spec, net, images, labels_file, imgs, len(imgs_all), settings, specs, bs, timing, dev)
     if analyses is not None and analyses.any:
         mean_kinds = sorted({s.kind for s in specs if s.mode == "mean"} - set(calibration))
         calibration.update(_calibrations(net, dataset, len(imgs), settings, mean_kinds, loader_for))
