@@ -6,7 +6,8 @@
   32 px cells at 224 px).
 
 Results go to ``experiments/results/interaction_maps/`` (one :class:`InteractionMaps` per model,
-the :class:`MapDifference`, the Grad-CAM maps, a JSON summary), figures to
+the :class:`MapDifference`, the Grad-CAM maps in float16, a JSON summary; the images are the
+shipped ones and are not copied), figures to
 ``experiments/figures/interaction_maps_{fmnist,effnet}.{png,pdf}``.  ``--plot-only`` redraws from
 the saved results.  Sized for one CPU core: about 10 minutes per run.
 
@@ -59,15 +60,11 @@ def compute(run: str, n_images: int, n_contexts: int, seed: int, batch_size: int
     settings = dict(grid=spec["grid"], n_images=n_images, n_contexts=n_contexts, ratios=list(spec["ratios"]),
                     seed=seed, method="shared", threads=torch.get_num_threads())  # fmt: skip
     summary = dict(run=run, models={}, settings=settings)
-    display = None
     for name in spec["models"]:
         model = prepare_model(load_model(name, device="cpu"))
         examples = shipped_examples(model, n_images)
         images = torch.stack([img for img, _ in examples])
         labels = [lab for _, lab in examples]
-        if display is None:
-            display = _display(model, images)
-            save_tensors(out / "display.safetensors", {"images": display}, {"labels": labels})
         t0 = time.perf_counter()
         maps = interaction_maps(
             model, images, targets=labels, grid=spec["grid"], n_contexts=n_contexts, seed=seed,
@@ -77,7 +74,7 @@ def compute(run: str, n_images: int, n_contexts: int, seed: int, batch_size: int
         seconds = time.perf_counter() - t0
         maps.save(out / f"maps_{name}.safetensors")
         cam = grad_cam(model, images, target=maps.targets.tolist())
-        cam.save(out / f"gradcam_{name}.safetensors")
+        _save_cam(cam, out / f"gradcam_{name}.safetensors", name)
         above, above2 = maps.above_floor(), maps.above_floor(2.0)
         summary["models"][name] = dict(
             seconds=round(seconds, 1),
@@ -117,17 +114,90 @@ def _difference_summary(a: InteractionMaps, b: InteractionMaps, d: MapDifference
     return out
 
 
+def _save_cam(cam, path: Path, model: str) -> None:
+    """The Grad-CAM maps the figure shows (float16, [0, 1]) and the raw maps, without the images."""
+    save_tensors(
+        path,
+        {"maps": cam.maps.half(), "raw": cam.raw, "targets": cam.targets, "probs": cam.probs},
+        {"model": model, "layer": cam.layer, "layout": cam.layout},
+    )
+
+
 def plot(run: str) -> list:
+    """The figure from the saved results; the images are the shipped ones, preprocessed again."""
     spec = RUNS[run]
     out = RESULTS / run
-    tensors, meta = load_tensors(out / "display.safetensors")
     maps = [InteractionMaps.load(out / f"maps_{n}.safetensors") for n in spec["models"]]
-    cams = [load_tensors(out / f"gradcam_{n}.safetensors")[0]["maps"] for n in spec["models"]]
+    cams = [load_tensors(out / f"gradcam_{n}.safetensors")[0]["maps"].float() for n in spec["models"]]
     diff = MapDifference.load(out / "difference.safetensors") if len(maps) == 2 else None
-    names = class_names_for(load_model(spec["models"][0], device="cpu"))
-    fig, _ = plot_interaction_maps(tensors["images"], maps, cams=cams, models=spec["labels"], difference=diff,
-                                   class_names=names)  # fmt: skip
+    model = load_model(spec["models"][0], device="cpu")
+    images = torch.stack([img for img, _ in shipped_examples(model, maps[0].n_images)])
+    fig, _ = plot_interaction_maps(_display(model, images), maps, cams=cams, models=spec["labels"], difference=diff,
+                                   class_names=class_names_for(model))  # fmt: skip
     return save_figure(fig, FIGURES / f"interaction_maps_{run}", close=True)
+
+
+def _cell_means(x: torch.Tensor, g: int) -> torch.Tensor:
+    """``[X, H, W]`` -> ``[X, g, g]`` means over the cells of a ``g x g`` grid."""
+    X, H, W = x.shape
+    return x.reshape(X, g, H // g, g, W // g).mean((2, 4))
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = (v.flatten().argsort().argsort().double() for v in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def analyse(run: str) -> dict:
+    """Where the mass sits, from the saved results: per model and band, mean |I| on the object
+    (Fashion-MNIST: cells whose mean display intensity is > 0.15) and on the background, on the
+    cells where Grad-CAM > 0.5 and elsewhere, and the per-image Spearman correlation of each map
+    with the cell-averaged Grad-CAM; for two models, their per-image correlation and the share of
+    cells whose difference exceeds twice its estimator stderr.  Written to ``analysis.json``."""
+    spec = RUNS[run]
+    out = RESULTS / run
+    model = load_model(spec["models"][0], device="cpu")
+    maps = {n: InteractionMaps.load(out / f"maps_{n}.safetensors") for n in spec["models"]}
+    first = maps[spec["models"][0]]
+    g = first.grid
+    images = torch.stack([img for img, _ in shipped_examples(model, first.n_images)])
+    intensity = _cell_means(_display(model, images).mean(1), g)
+    obj = intensity > 0.15
+    report: dict = {"models": {}}
+    for name, m in maps.items():
+        cam = _cell_means(load_tensors(out / f"gradcam_{name}.safetensors")[0]["maps"].float(), g)
+        hot = cam > 0.5
+        rows = {}
+        for i, band in enumerate(m.band_names):
+            v, ex = m.mean_abs[:, i], m.excess()[:, i]
+            row = dict(
+                mean_abs=float(v.mean()), noise_floor=float(m.noise_floor[:, i].mean()),
+                cam_hot=float(v[hot].mean()), cam_rest=float(v[~hot].mean()),
+                rho_cam=[round(_spearman(v[x], cam[x]), 2) for x in range(m.n_images)],
+            )  # fmt: skip
+            if run == "fmnist":
+                row.update(object=float(v[obj].mean()), background=float(v[~obj].mean()),
+                           excess_object=float(ex[obj].mean()), excess_background=float(ex[~obj].mean()),
+                           object_share=float(obj.double().mean()))  # fmt: skip
+            rows[band] = row
+        report["models"][name] = rows
+    if len(maps) == 2:
+        a, b = maps.values()
+        d = MapDifference.load(out / "difference.safetensors")
+        noise = (a.signed_stderr_bound() ** 2 + b.signed_stderr_bound() ** 2).sqrt()
+        report["difference"] = {
+            band: dict(
+                rho_models=[round(_spearman(a.mean_abs[x, i], b.mean_abs[x, i]), 2) for x in range(a.n_images)],
+                cells_clear_of_noise=float((d.per_image[:, i].abs() > 2 * noise[:, i]).double().mean()),
+                mean_diff=float(d.diff[i].mean()),
+                relative=float(d.diff[i].mean() / a.mean_abs[:, i].mean()),
+                cells_significant_over_images=int(d.significant()[i].sum()),
+            )
+            for i, band in enumerate(d.band_names)
+        }
+    (out / "analysis.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def main(argv=None) -> int:
@@ -155,6 +225,7 @@ def main(argv=None) -> int:
             log.info("%s computed in %.0f s", run, time.perf_counter() - t0)
         for path in plot(run):
             log.info("wrote %s", path)
+        log.info("%s", json.dumps(analyse(run), indent=1))
     return 0
 
 

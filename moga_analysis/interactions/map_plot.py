@@ -85,7 +85,8 @@ def plot_interaction_maps(
     Cells whose mean |I| is not above ``floor_factor`` times their noise floor are left
     uncoloured and hatched: they read as empty.  In the difference group a cell is coloured only
     where ``|b - a|`` exceeds twice its estimator standard error (from both maps' stderr bounds).
-    The corner of each panel gives the number of coloured cells.  Returns ``(fig, axes)`` with
+    The corner of each panel gives the panel's mean (mean |I|, or mean |b - a|) and the number of
+    coloured cells.  Returns ``(fig, axes)`` with
     axes ``[X, n_columns]`` (spacers between groups excluded).
     """
     import matplotlib
@@ -208,8 +209,10 @@ def plot_interaction_maps(
                     for cy, cx in (~show).nonzero().tolist():
                         ax.add_patch(Rectangle((cx * cw, cy * ch), cw, ch, fill=False, hatch="////",
                                                edgecolor=(0.85, 0.85, 0.85, 0.55), linewidth=0))  # fmt: skip
-                    ax.text(0.97, 0.03, f"{int(show.sum())}/{g * g}", transform=ax.transAxes, ha="right",
-                            va="bottom", fontsize=5, color="white",
+                    level = float(v[torch.isfinite(v)].abs().mean()) if torch.isfinite(v).any() else float("nan")
+                    corner = f"{'|d|' if kind == 'diff' else 'mean'} {level:.2g} · {int(show.sum())}/{g * g}"
+                    ax.text(0.97, 0.03, corner, transform=ax.transAxes, ha="right", va="bottom", fontsize=5,
+                            color="white",
                             bbox=dict(facecolor="black", alpha=0.45, pad=0.8, linewidth=0))  # fmt: skip
                     ax.set_xlim(0, W)
                     ax.set_ylim(H, 0)
