@@ -188,6 +188,77 @@ def _in_file_order(labels: List[int], files: Sequence[Path], path: Path) -> List
     return labels
 
 
+def _kaggle_labels(path: Path, lines: List[str], files: Sequence[Path], num_classes: int) -> List[int]:
+    if [c.strip().lower() for c in lines[0].split(",")][:2] != ["imageid", "predictionstring"]:
+        raise LabelsError(f"{path} is not Kaggle's LOC_val_solution.csv (no ImageId,PredictionString header)")
+    table: Dict[str, int] = {}
+    for n, line in enumerate(lines[1:], 2):
+        image_id, sep, prediction = line.partition(",")
+        if not sep or not prediction.split():
+            raise LabelsError(f"{path}:{n}: expected ImageId,PredictionString, got {line[:80]!r}")
+        synset = prediction.split()[0]
+        if not _SYNSET.match(synset):
+            raise LabelsError(f"{path}:{n}: the prediction string starts with {synset!r}, not a synset")
+        _add(table, image_id.strip(), _parse_label(synset, f"{path}:{n}", num_classes), f"{path}:{n}")
+    return _match_names(table, files, path)
+
+
+def _pairs_labels(path: Path, lines: List[str], files: Sequence[Path], num_classes: int) -> List[int]:
+    table: Dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        tokens = line.split()
+        if len(tokens) != 2:
+            raise LabelsError(f"{path}:{n}: expected 'NAME LABEL', got {line[:80]!r}")
+        _add(table, Path(tokens[0]).name, _parse_label(tokens[1], f"{path}:{n}", num_classes), f"{path}:{n}")
+    return _match_names(table, files, path)
+
+
+def _devkit_labels(path: Path, ints: List[int], files: Sequence[Path], num_classes: int) -> List[int]:
+    """1-based devkit class IDs -> synset -> timm index, matched by validation-image number when
+    every image is named ``ILSVRC2012_val_NNNNNNNN``, else in sorted-file-name order."""
+    out_of_range = [(n, v) for n, v in enumerate(ints, 1) if not 1 <= v <= 1000]
+    if out_of_range:
+        n, v = out_of_range[0]
+        raise LabelsError(f"{path}:{n}: devkit class ID {v} is out of range 1..1000")
+    table_synsets = devkit_synsets()
+    synsets = synset_to_index()
+    indices = [synsets[table_synsets[v - 1]] for v in ints]
+    if num_classes != 1000:
+        raise LabelsError(f"devkit labels are ImageNet-1k classes; the model has {num_classes}")
+    numbers = [_VAL_NAME.match(f.stem) for f in files]
+    if files and all(numbers):
+        out = []
+        for f, m in zip(files, numbers):
+            k = int(m.group(1))
+            if not 1 <= k <= len(indices):
+                raise LabelsError(f"{path} has {len(indices)} lines, none for {f.name}")
+            out.append(indices[k - 1])
+        return out
+    return _in_file_order(indices, files, path)
+
+
+def _one_per_line_labels(path: Path, fmt: str, lines: List[str], files: Sequence[Path], num_classes: int) -> List[int]:
+    """The ``synsets``, ``indices`` and ``devkit`` formats: one label per line."""
+    tokens = [ln.split() for ln in lines]
+    if any(len(t) != 1 for t in tokens):
+        n = next(i for i, t in enumerate(tokens) if len(t) != 1)
+        raise LabelsError(f"{path}:{n + 1}: a {fmt} file holds one label per line, got {lines[n][:80]!r}")
+    values = [t[0] for t in tokens]
+    if fmt == "synsets":
+        bad = [v for v in values if not _SYNSET.match(v)]
+        if bad:
+            raise LabelsError(f"{path}: {bad[0]!r} is not a synset (format 'synsets')")
+        return _in_file_order([_parse_label(v, f"{path}:{n}", num_classes) for n, v in enumerate(values, 1)],
+                              files, path)
+    bad = [v for v in values if not _INT.match(v)]
+    if bad:
+        raise LabelsError(f"{path}: {bad[0]!r} is not an integer (format {fmt!r})")
+    if fmt == "indices":
+        return _in_file_order([_parse_label(v, f"{path}:{n}", num_classes) for n, v in enumerate(values, 1)],
+                              files, path)
+    return _devkit_labels(path, [int(v) for v in values], files, num_classes)
+
+
 def read_labels(
     path: Union[str, os.PathLike],
     files: Sequence[Union[str, os.PathLike]],
@@ -209,61 +280,7 @@ def read_labels(
     fmt = detect_format(path) if labels_format == "auto" else labels_format
     lines = _lines(path)
     if fmt == "kaggle":
-        if [c.strip().lower() for c in lines[0].split(",")][:2] != ["imageid", "predictionstring"]:
-            raise LabelsError(f"{path} is not Kaggle's LOC_val_solution.csv (no ImageId,PredictionString header)")
-        table: Dict[str, int] = {}
-        for n, line in enumerate(lines[1:], 2):
-            image_id, sep, prediction = line.partition(",")
-            if not sep or not prediction.split():
-                raise LabelsError(f"{path}:{n}: expected ImageId,PredictionString, got {line[:80]!r}")
-            synset = prediction.split()[0]
-            if not _SYNSET.match(synset):
-                raise LabelsError(f"{path}:{n}: the prediction string starts with {synset!r}, not a synset")
-            _add(table, image_id.strip(), _parse_label(synset, f"{path}:{n}", num_classes), f"{path}:{n}")
-        return _match_names(table, files, path)
+        return _kaggle_labels(path, lines, files, num_classes)
     if fmt == "pairs":
-        table = {}
-        for n, line in enumerate(lines, 1):
-            tokens = line.split()
-            if len(tokens) != 2:
-                raise LabelsError(f"{path}:{n}: expected 'NAME LABEL', got {line[:80]!r}")
-            _add(table, Path(tokens[0]).name, _parse_label(tokens[1], f"{path}:{n}", num_classes), f"{path}:{n}")
-        return _match_names(table, files, path)
-    tokens = [ln.split() for ln in lines]
-    if any(len(t) != 1 for t in tokens):
-        n = next(i for i, t in enumerate(tokens) if len(t) != 1)
-        raise LabelsError(f"{path}:{n + 1}: a {fmt} file holds one label per line, got {lines[n][:80]!r}")
-    values = [t[0] for t in tokens]
-    if fmt == "synsets":
-        bad = [v for v in values if not _SYNSET.match(v)]
-        if bad:
-            raise LabelsError(f"{path}: {bad[0]!r} is not a synset (format 'synsets')")
-        return _in_file_order([_parse_label(v, f"{path}:{n}", num_classes) for n, v in enumerate(values, 1)],
-                              files, path)
-    bad = [v for v in values if not _INT.match(v)]
-    if bad:
-        raise LabelsError(f"{path}: {bad[0]!r} is not an integer (format {fmt!r})")
-    ints = [int(v) for v in values]
-    if fmt == "indices":
-        return _in_file_order([_parse_label(v, f"{path}:{n}", num_classes) for n, v in enumerate(values, 1)],
-                              files, path)
-    # devkit: 1-based devkit class IDs -> synset -> timm index
-    out_of_range = [(n, v) for n, v in enumerate(ints, 1) if not 1 <= v <= 1000]
-    if out_of_range:
-        n, v = out_of_range[0]
-        raise LabelsError(f"{path}:{n}: devkit class ID {v} is out of range 1..1000")
-    table_synsets = devkit_synsets()
-    synsets = synset_to_index()
-    indices = [synsets[table_synsets[v - 1]] for v in ints]
-    if num_classes != 1000:
-        raise LabelsError(f"devkit labels are ImageNet-1k classes; the model has {num_classes}")
-    numbers = [_VAL_NAME.match(f.stem) for f in files]
-    if files and all(numbers):
-        out = []
-        for f, m in zip(files, numbers):
-            k = int(m.group(1))
-            if not 1 <= k <= len(indices):
-                raise LabelsError(f"{path} has {len(indices)} lines, none for {f.name}")
-            out.append(indices[k - 1])
-        return out
-    return _in_file_order(indices, files, path)
+        return _pairs_labels(path, lines, files, num_classes)
+    return _one_per_line_labels(path, fmt, lines, files, num_classes)

@@ -7,18 +7,23 @@
   :class:`CheckpointMismatchError` listing them all; nothing is loaded partially.
 * URLs are found in the weights folder or the torch hub cache, else downloaded once into the cache
   through a verified temporary file (:mod:`moga_analysis.models.hub`).
+
+The errors, the file reader and :func:`unwrap_state_dict` live in
+:mod:`moga_analysis.models.checkpoint_files` (which ``hub`` uses too) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
+
+from .checkpoint_files import CheckpointError, CheckpointMismatchError, read_checkpoint_file, unwrap_state_dict
+from .hub import _PACKAGE_DIR, fetch_url, file_sha256, is_url
 
 __all__ = [
     "CheckpointError",
@@ -35,55 +40,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
-_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read, downloaded or trusted."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's keys or shapes differ from the model's."""
-
-    def __init__(self, missing, unexpected, shape_mismatch, source: str = "checkpoint"):
-        self.missing = list(missing)
-        self.unexpected = list(unexpected)
-        self.shape_mismatch = list(shape_mismatch)
-
-        def block(title, items, fmt=str, limit=25):
-            if not items:
-                return ""
-            lines = [f"  {fmt(i)}" for i in items[:limit]]
-            if len(items) > limit:
-                lines.append(f"  ... and {len(items) - limit} more")
-            return f"\n{title} ({len(items)}):\n" + "\n".join(lines)
-
-        msg = (
-            f"{source} does not match the model; nothing was loaded."
-            + block("missing keys", self.missing)
-            + block("unexpected keys", self.unexpected)
-            + block(
-                "shape mismatches",
-                self.shape_mismatch,
-                lambda t: f"{t[0]}: checkpoint {list(t[1])} vs model {list(t[2])}",
-            )
-            + "\nPass strict=False to load the matching keys only (a warning lists the rest)."
-        )
-        super().__init__(msg)
-
-
-def _is_url(s: str) -> bool:
-    from .hub import is_url
-
-    return is_url(s)
-
 
 def download(url: str, progress: bool = True) -> Path:
     """The local file of ``url``: the weights folder, then the torch hub cache, else downloaded into the
     cache through a verified temporary file (see :mod:`moga_analysis.models.hub`)."""
-    from .hub import fetch_url
-
     return fetch_url(url, progress=progress)
 
 
@@ -100,60 +60,7 @@ def read_checkpoint(
     zip-format pickle instead of reading it (for a quick check of a large file).
     """
     src = str(path_or_url)
-    path = download(src) if _is_url(src) else Path(src)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if (suffix or path.suffix) == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap or None)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain-weights checkpoint (torch.load with "
-            f"weights_only=True rejected it: {str(err).splitlines()[0]}). Pickles that carry code "
-            f"are never executed; convert the file to safetensors from a trusted environment."
-        ) from err
-    except Exception as err:  # the unpickler raises many types on garbage
-        if mmap:  # legacy (non-zip) pickles cannot be mapped: read them
-            return read_checkpoint(path, map_location, suffix=suffix)
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint: {err}") from err
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return dict(obj)
-
-
-def unwrap_state_dict(obj: Mapping[str, Any], use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Find the state dict inside a training checkpoint and strip wrapper prefixes."""
-    sd: Any = obj
-    order = ("state_dict_ema", "model_ema") + _WRAPPER_KEYS if use_ema else _WRAPPER_KEYS
-    for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
-        if not isinstance(sd, Mapping) or all(isinstance(v, torch.Tensor) for v in sd.values()):
-            break
-        for key in order:
-            if isinstance(sd.get(key), Mapping):
-                sd = sd[key]
-                break
-        else:
-            break
-    if not isinstance(sd, Mapping):
-        raise CheckpointError("no state dict found in the checkpoint")
-    out: Dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            continue  # training metadata (epoch, arch, ...) next to the weights
-        for p in _PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    if not out:
-        raise CheckpointError("the checkpoint holds no tensors")
-    return out
+    return read_checkpoint_file(download(src) if is_url(src) else Path(src), map_location, suffix=suffix, mmap=mmap)
 
 
 def load_checkpoint(
@@ -235,8 +142,6 @@ def locate_pretrained(
     """The local file of a pretrained cfg's weights (``file`` first, then ``url``: weights folder, hub
     cache, download), or ``CheckpointError`` before anything is built.  ``requested``: the name the
     user typed, for the messages."""
-    from .hub import _PACKAGE_DIR, fetch_url
-
     name = cfg_name(cfg)
     if requested and requested not in (name, name.split(".")[0]):
         name = f"{requested} (= {name})"
@@ -257,8 +162,6 @@ def set_provenance(model: nn.Module, *, model_name: str, requested: Optional[str
                    location: Optional[str], file: Union[str, os.PathLike, None]) -> Dict[str, Any]:
     """Record where ``model``'s weights came from on ``model.weights_provenance`` (and the location on
     ``model.weights_source``, None for random weights); returns the dict."""
-    from .hub import file_sha256
-
     prov = {
         "model": model_name,
         "requested": requested if requested is not None else model_name,

@@ -12,7 +12,7 @@ file is found by name wherever it sits):
 A download goes to a temporary file beside its destination; it is checked against the server's
 Content-Length, refused if it is an HTML page, read back as a checkpoint, and only then renamed
 into place, so an interrupted or wrong download never leaves a file in the cache.  Failures are
-:class:`~moga_analysis.models.checkpoints.CheckpointError` with one sentence naming the URL, the
+:class:`~moga_analysis.models.checkpoint_files.CheckpointError` with one sentence naming the URL, the
 cache path and the ways to pass the file.
 
 :func:`file_sha256` hashes a file once and remembers the hash in ``<file>.sha256`` (hash, size
@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 from urllib.parse import urlparse
+
+from .checkpoint_files import CheckpointError, read_checkpoint_file, unwrap_state_dict
 
 __all__ = [
     "WEIGHTS_DIR_ENV",
@@ -60,8 +62,6 @@ _process_weights_dir: Optional[Path] = None
 
 
 def _error(msg: str) -> Exception:
-    from .checkpoints import CheckpointError
-
     return CheckpointError(msg)
 
 
@@ -122,15 +122,13 @@ def _source_url(url: str) -> str:
 
 def verify_checkpoint_file(path: Union[str, os.PathLike], name: str = "") -> None:
     """Raise ``CheckpointError`` unless ``path`` reads as a checkpoint holding tensors."""
-    from .checkpoints import read_checkpoint, unwrap_state_dict
-
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(512).lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         raise _error(f"{name or path} is an HTML page, not a checkpoint")
     suffix = ".safetensors" if (name or path.name).endswith(".safetensors") else None
-    unwrap_state_dict(read_checkpoint(path, suffix=suffix, mmap=True))
+    unwrap_state_dict(read_checkpoint_file(path, suffix=suffix, mmap=True))
 
 
 def download_url(url: str, dest: Union[str, os.PathLike], progress: bool = False) -> Tuple[Path, str]:
@@ -209,8 +207,6 @@ def fetch_url(
         reason = f"{type(err).__name__}: {getattr(err, 'reason', None) or err}"
         raise _error(_unavailable_message(url, name, dest, weights_dir(weights_dir_), reason)) from err
     except Exception as err:
-        from .checkpoints import CheckpointError
-
         if isinstance(err, CheckpointError):
             raise _error(_unavailable_message(url, name, dest, weights_dir(weights_dir_), str(err))) from err
         raise
