@@ -3,8 +3,9 @@
 Every tool spells the same idea the same way:
 
 * models: ``--model``, ``--checkpoint``, ``--compare MODEL[=CHECKPOINT] ...``, ``--random-weights``;
-* images: ``--images DIR``, ``--imagenet-val DIR``, ``--labels FILE``, ``--num-images N`` (one
-  subset rule: :func:`moga_analysis.data.choose_subset`);
+* images: ``--images DIR``, ``--imagenet-val DIR``, ``--labels FILE``, ``--labels-format FORMAT``
+  (:data:`moga_analysis.labels.LABEL_FORMATS`), ``--num-images N`` (one subset rule:
+  :func:`moga_analysis.data.choose_subset`);
 * run: ``--device``, ``--dtype``, ``--memory-format``, ``--batch-size``, ``--image-size``,
   ``--seed``, ``--out`` (default ``runs/<tool>``), ``--resume``, ``--no-figures``,
   ``--no-progress``, ``--no-tune-malloc``, ``-v`` / ``-q``.
@@ -87,6 +88,15 @@ def add_image_args(
             help="ImageNet validation folder (synset sub-folders, or flat with --labels); labels are required",
         )
     g.add_argument("--labels", default=None, help="labels file for a flat folder (formats: moga_analysis.labels)")
+    from .labels import LABEL_FORMATS
+
+    g.add_argument(
+        "--labels-format",
+        choices=LABEL_FORMATS,
+        default="auto",
+        help="how --labels is read: auto (detected from the content; a bare integer file is refused unless "
+        "named as the devkit ground truth), or forced: " + ", ".join(LABEL_FORMATS[1:]),
+    )
     g.add_argument(
         "--num-images",
         type=int,
@@ -173,7 +183,7 @@ def specs_from_args(args: argparse.Namespace):
 
 def images_from_args(args: argparse.Namespace):
     """The :class:`~moga_analysis.data.ImageSet` of ``--images`` / ``--imagenet-val`` / ``--labels``
-    / ``--num-images`` (the shipped photos by default)."""
+    / ``--labels-format`` / ``--num-images`` (the shipped photos by default)."""
     from .data import image_set
 
     imagenet = getattr(args, "imagenet_val", None)
@@ -182,6 +192,7 @@ def images_from_args(args: argparse.Namespace):
     return image_set(
         imagenet or args.images,
         labels_file=args.labels,
+        labels_format=getattr(args, "labels_format", "auto"),
         num_images=args.num_images,
         seed=args.seed,
         require_labels=bool(imagenet),

@@ -167,6 +167,7 @@ def image_set(
     labels: Optional[Sequence[int]] = None,
     *,
     labels_file: Optional[Union[str, os.PathLike]] = None,
+    labels_format: str = "auto",
     num_images: Optional[int] = None,
     seed: int = 0,
     require_labels: bool = False,
@@ -175,12 +176,15 @@ def image_set(
 
     ``images``: None (the photos shipped with the package, with their ImageNet labels where one is
     clearly right), a folder (ImageNet synset folders, or a flat folder with ``labels_file``, else
-    unlabelled), a list of image files, a preprocessed tensor ``[N, C, H, W]``, a dataset with
+    unlabelled; ``labels_format``: how ``labels_file`` is read, see :func:`moga_analysis.labels.read_labels`),
+    a list of image files, a preprocessed tensor ``[N, C, H, W]``, a dataset with
     ``files`` and ``labels`` (:class:`LabeledImageFolder`) or an :class:`ImageSet`.  ``labels``: one
     class per image (-1 or None: the predicted class), overriding those found.  ``require_labels``: an error when no
     image has a label (an ImageNet validation folder without its labels).
     """
     tensors = None
+    if labels_format != "auto" and labels_file is None:
+        raise ValueError(f"labels format {labels_format!r} given without a labels file (--labels FILE)")
     if isinstance(images, ImageSet):
         if labels is None and num_images is None:
             return images
@@ -194,7 +198,7 @@ def image_set(
         names = [f"tensor[{i}]" for i in range(tensors.shape[0])]
         found = [-1] * len(names)
     elif isinstance(images, (str, os.PathLike)):
-        ds = LabeledImageFolder(images, transform=lambda x: x, labels_file=labels_file)
+        ds = LabeledImageFolder(images, transform=lambda x: x, labels_file=labels_file, labels_format=labels_format)
         names, found = [str(p) for p in ds.files], list(ds.labels)
     elif hasattr(images, "files") and hasattr(images, "labels"):
         names, found = [str(p) for p in images.files], list(images.labels)

@@ -131,3 +131,45 @@ def test_labeled_image_folder_delegates_to_labels(tmp_path):
         data.LabeledImageFolder(flat, transform=lambda im: im, labels_file=other)
     assert data.LabeledImageFolder(flat, lambda im: im, labels_file=other, labels_format="devkit").labels == [65, 0]
     assert data.LabeledImageFolder(flat, lambda im: im, labels_file=other, labels_format="indices").labels == [490, 449]
+
+
+@pytest.mark.filterwarnings("ignore::moga_analysis.erf.RandomWeightsWarning")
+def test_labels_format_through_the_command_line(tmp_path):
+    import json
+
+    import numpy as np
+
+    from moga_analysis import ablation, cli, erf
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(flat / name)
+    plain = tmp_path / "labels.txt"
+    plain.write_text("0\n3\n")  # bare 0-based indices: never guessed
+    common = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "32", "--images", str(flat),
+              "--labels", str(plain), "--device", "cpu", "--no-figures", "--no-progress", "-q", "--no-tune-malloc"]
+
+    parser = erf.build_parser()
+    assert parser.parse_args(common).labels_format == "auto"
+    with pytest.raises(LabelsError, match="--labels-format indices"):
+        cli.images_from_args(parser.parse_args(common))
+    assert cli.images_from_args(parser.parse_args([*common, "--labels-format", "indices"])).labels == [0, 3]
+    with pytest.raises(SystemExit):  # argparse: not one of the formats
+        parser.parse_args([*common, "--labels-format", "guess"])
+    without_file = [a for a in common if a not in ("--labels", str(plain))]
+    with pytest.raises(ValueError, match="without a labels file"):
+        cli.images_from_args(parser.parse_args([*without_file, "--labels-format", "indices"]))
+
+    with pytest.raises(LabelsError, match="labels_format='indices' or 'devkit'"):
+        erf.main([*common, "--out", str(tmp_path / "erf_auto")])
+    assert erf.main([*common, "--labels-format", "indices", "--out", str(tmp_path / "erf")]) == 0
+
+    out = tmp_path / "ablation"
+    sweep = ["--ablations", "gate", "--stages", "all", "--modes", "zero", "--workers", "0", "--out", str(out)]
+    with pytest.raises(LabelsError):
+        ablation.main([*common, *sweep])
+    assert ablation.main([*common, *sweep, "--labels-format", "indices"]) == 0
+    metrics = json.loads((out / "ablation_results.json").read_text())["metrics"]
+    assert metrics["none"]["n_labeled"] == 2

@@ -86,9 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sweep, analyses = _settings(args)
     (spec,) = specs_from_args(args)[:1]
     report = run_ablation(spec, args.imagenet_val or args.images, sweep, labels_file=args.labels,
-                          num_images=args.num_images, analyses=analyses, out=args.out, resume=args.resume,
-                          device=args.device, batch_size=args.batch_size, workers=args.workers,
-                          checkpoint_every_s=args.checkpoint_every, progress=not args.no_progress)
+                          labels_format=args.labels_format, num_images=args.num_images, analyses=analyses,
+                          out=args.out, resume=args.resume, device=args.device, batch_size=args.batch_size,
+                          workers=args.workers, checkpoint_every_s=args.checkpoint_every, progress=not args.no_progress)
     if not args.no_figures:
         try:
             fig, _ = plot_accuracy_drop(report.metrics)

@@ -253,6 +253,7 @@ def run_ablation(
     settings: Optional[AblationSettings] = None,
     *,
     labels_file: Optional[Union[str, os.PathLike]] = None,
+    labels_format: str = "auto",
     num_images: Optional[int] = None,
     analyses: Optional[AnalysisSettings] = None,
     out: Optional[Union[str, os.PathLike]] = None,
@@ -267,7 +268,7 @@ def run_ablation(
     """Every ablation of ``settings`` on one MogaNet over ``images`` in one pass (see :mod:`.evaluate`).
 
     ``model``: a name, ``NAME=CHECKPOINT``, ``(name, checkpoint)`` or a module; ``images``: a folder
-    (ImageNet synset folders, a flat folder with ``labels_file``, or unlabelled images), files or an
+    (synset folders, a flat folder with ``labels_file`` read as ``labels_format``, or unlabelled images), files or an
     :class:`~moga_analysis.data.ImageSet`; ``num_images``: the one subset rule.  ``out``: the run
     folder (``resume=True`` continues it).  Returns an :class:`AblationReport` (saved in ``out``).
     """
@@ -280,7 +281,7 @@ def run_ablation(
     (spec,) = model_specs(model, random_weights=random_weights)
     dev = resolve_device(device)
     net = _moganet(spec, dev, settings)
-    imgs_all = image_set(images, labels_file=labels_file)
+    imgs_all = image_set(images, labels_file=labels_file, labels_format=labels_format)
     imgs = image_set(imgs_all, num_images=num_images, seed=settings.seed)
     dataset = _Files(imgs, transform_for(net, size=settings.image_size))
     fingerprint = {**settings.fingerprint(), "model": spec.describe(), "images": _digest(imgs.names),
