@@ -284,7 +284,7 @@ def run_ablation(
     imgs_all = image_set(images, labels_file=labels_file, labels_format=labels_format)
     imgs = image_set(imgs_all, num_images=num_images, seed=settings.seed)
     dataset = _Files(imgs, transform_for(net, size=settings.image_size))
-    fingerprint = {**settings.fingerprint(), "model": spec.describe(), "images": _digest(imgs.names),
+    fingerprint = {**settings.fingerprint(), "model": spec.name, "images": _digest(imgs.names),  # weights: by SHA-256
                    "labels": _digest([str(x) for x in imgs.labels])}
     run = RunFolder(out, "ablation", fingerprint, resume=resume) if out is not None else None
     if run is not None:

@@ -386,7 +386,7 @@ def _run_model(spec, imgs, settings: InteractionSettings, run: Optional[RunFolde
     for i in _progress(mine, enabled=progress, desc=f"{spec.name} images", unit="img"):
         idx = imgs.indices[i]
         key = f"{safe_name(spec.name)}/img_{idx:05d}"
-        identity = {"model": spec.name, "image": imgs.names[i], "index": idx, "checkpoint": spec.checkpoint}
+        identity = {"model": spec.name, "image": imgs.names[i], "index": idx}  # weights: run.check_weights (SHA-256)
         if run is not None and run.done(key, identity):
             out[i] = run.load_item(key)
             continue
