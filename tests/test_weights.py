@@ -337,6 +337,48 @@ def test_other_timm_models_follow_the_same_rule(tmp_path, monkeypatch):
     assert "state_dict" not in model.pretrained_cfg or model.pretrained_cfg["state_dict"] is None
 
 
+def test_an_unreachable_hugging_face_hub_fails_at_once(tmp_path, monkeypatch):
+    """Not cached and the hub endpoint refuses the one probe connection: a clear error without
+    the hub's retries (about 25 s); a reachable endpoint or a proxy goes to the hub's download."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = []
+    torch.manual_seed(4)
+    sd = {k: v.clone() for k, v in timm.create_model("test_resnet").state_dict().items()}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+
+    def fake_download(repo_id, filename, cache_dir=None):
+        calls.append((repo_id, filename))
+        return str(tmp_path / "model.safetensors")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+    monkeypatch.setattr(constants, "ENDPOINT", _closed_port_url())
+    with pytest.raises(CheckpointError, match="cannot be reached") as info:
+        load_model("test_resnet", device="cpu")
+    assert calls == [] and "--checkpoint PATH" in str(info.value)
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the proxy reaches the hub, not this machine
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    _assert_weights(load_model("test_resnet", device="cpu"), sd)
+    assert calls == [("timm/test_resnet.r160_in1k", "model.safetensors")]
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+
+    with socket.socket() as listening:  # an endpoint that accepts connections
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        model = load_model("test_resnet", device="cpu")
+    _assert_weights(model, sd)
+    assert len(calls) == 2 and weights_provenance(model)["location"] == "hf-hub:timm/test_resnet.r160_in1k"
+
+
 # --------------------------------------------------------------------------- the download tool and --weights-dir
 def test_download_tool_and_weights_dir_round_trip(server, monkeypatch, tmp_path, capsys, xtiny_sd):
     from moga_analysis import erf

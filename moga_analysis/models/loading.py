@@ -22,11 +22,15 @@ every command-line tool):
   and ``model.weights_source`` (the location; None only for random weights).
 
 Where files are looked for (weights folder, hub cache, download) is described in
-:mod:`moga_analysis.models.hub`.
+:mod:`moga_analysis.models.hub`.  Weights on the Hugging Face hub (other timm models) come from a
+weights folder, the hub's cache, else ``huggingface_hub``'s download; before that download one
+connection to the endpoint is tried, and a network that refuses it at once (no DNS name, no
+route, connection refused) is the error straight away instead of after the hub's ~25 s of retries.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -107,11 +111,47 @@ def _hf_local_name(cfg: Dict[str, Any]) -> str:
     return f"{cfg['hf_hub_id'].split('/')[-1]}.safetensors"
 
 
+#: errors of the one connection attempt that say at once that the hub cannot be reached (DNS has no such
+#: name, no route, connection refused); anything else (a timeout, "try again" from DNS) goes to the hub's
+#: own download, which retries network errors with backoff for about 25 s before it gives up
+_UNREACHABLE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED}
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _hf_unreachable() -> Optional[OSError]:
+    """One TCP connection to the Hugging Face endpoint (``HF_ENDPOINT``) before asking it for a file:
+    the error when the network says at once that it cannot be reached, else None.
+
+    No probe under ``HF_HUB_OFFLINE`` (the hub fails at once itself) or when a proxy is configured
+    (the proxy, not this machine, reaches the hub).  Online this costs one connection set-up."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    proxies = urllib.request.getproxies()
+    if constants.HF_HUB_OFFLINE or not endpoint.hostname or proxies.get(endpoint.scheme) or proxies.get("all"):
+        return None
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
+    except socket.gaierror as err:
+        if err.errno == socket.EAI_AGAIN:  # a temporary DNS failure: let the hub's retries have it
+            return None
+        return ConnectionError(f"{constants.ENDPOINT} cannot be reached ({err}); not retried")
+    except OSError as err:
+        if err.errno in _UNREACHABLE_ERRNOS:
+            return ConnectionError(f"{constants.ENDPOINT} cannot be reached ({err}); not retried")
+    return None
+
+
 def _fetch_hf(cfg: Dict[str, Any], name: str, folder: Optional[Path], cache_dir) -> Path:
     """The local file of a Hugging Face hub weight: the weights folder, else the hub's cache/download."""
     if folder is not None and (folder / _hf_local_name(cfg)).is_file():
         return folder / _hf_local_name(cfg)
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = cfg["hf_hub_id"]
@@ -120,8 +160,11 @@ def _fetch_hf(cfg: Dict[str, Any], name: str, folder: Optional[Path], cache_dir)
         cached = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
         if isinstance(cached, str):
             return Path(cached)
-    last: Optional[BaseException] = None
-    for filename in candidates:
+    last: Optional[BaseException] = _hf_unreachable()
+    if last is None and not constants.HF_HUB_OFFLINE:
+        log.info("%s: not in the hub cache; asking %s (on network errors huggingface_hub retries for about 25 s; "
+                 "HF_HUB_OFFLINE=1 fails at once)", name, repo)
+    for filename in candidates if last is None else []:
         try:
             return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=cache_dir))
         except LocalEntryNotFoundError as err:  # offline (a subclass of the next): no use trying more files
@@ -132,8 +175,6 @@ def _fetch_hf(cfg: Dict[str, Any], name: str, folder: Optional[Path], cache_dir)
         except Exception as err:  # hub errors
             last = err
             break
-    from huggingface_hub import constants
-
     where = f"the weights folder {folder} or " if folder else ""
     raise CheckpointError(
         f"{name}: could not get the pretrained weights from the Hugging Face hub ({repo}: {type(last).__name__}: "
