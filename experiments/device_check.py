@@ -820,13 +820,21 @@ def section_interactions(check: Check, budget: float) -> None:
                 tau_used = tau if tau is not None else 0.25
                 kw: Dict[str, Any] = {k: v for k, v in S.adaptive.items() if k in params}
                 cap = None
-                if S.mode == "full":  # the budget cap follows the time left (never below a third of shared)
+                if S.mode == "full":  # the budget cap follows the time left, but not below half of shared
                     by_time = int(max(avail, S.pilot_s) * check.rate("game", dtype) / 1.1)
-                    cap = max(int(0.35 * evals["shared"]), min(evals["independent"], by_time))
-                for name, value in (("target_noise", tau_used), ("max_evaluations", cap), ("seed", 0)):
-                    if name in params and value is not None:
+                    cap = max(evals["shared"] // 2, min(evals["independent"], by_time))
+                for name, value in (("target_noise", tau_used), ("seed", 0)):
+                    if name in params:
                         kw[name] = value
-                res, wall, peak = run(method, dtype, pairs, **kw)
+                capped = (lambda c: {"max_evaluations": c}) if "max_evaluations" in params else (lambda c: {})
+                try:
+                    res, wall, peak = run(method, dtype, pairs, **kw, **capped(cap))
+                except ValueError as err:  # the cap is below its pilot + minimum: the shared run's budget
+                    if cap is None or cap >= evals["shared"] or "too small" not in str(err):
+                        raise
+                    check.log(f"interactions {key}: {err}; again with max_evaluations={evals['shared']}")
+                    cap = evals["shared"]
+                    res, wall, peak = run(method, dtype, pairs, **kw, **capped(cap))
                 full_wall, status = wall, "measured"
                 src = "the worst order of the shared fp32 run" if tau is not None else "default"
                 meta = getattr(res, "metadata", None) or {}
