@@ -132,12 +132,13 @@ class RunFolder:
             if saved.get("tool") != tool:
                 raise RunMismatchError(f"{self.path} holds a {saved.get('tool')!r} run, not {tool!r}")
             require_same(saved.get("settings", {}), self.settings, self.path)
-            self.record = saved
+            self.record = saved  # rewritten once the weights are checked: a refused resume changes nothing
         else:
             self.record = {"tool": tool, "settings": self.settings, "weights": {}, "complete": False}
         self.record["environment"] = environment_info()
         self.record["complete"] = False
-        self._write()
+        if saved is None or not resume:
+            self._write()
 
     # -- the record -----------------------------------------------------------------------------
     @staticmethod

@@ -315,3 +315,26 @@ def test_plots_from_metrics():
     plt.close(fig)
     with pytest.raises(ValueError):
         plot_accuracy_drop({"none": metrics["none"]})
+
+
+def test_full_model_agrees_with_itself_when_logits_tie(model):
+    """Agreement compares top-1 picked the same way for the reference and every row: with tied
+    logits (common under bf16 autocast) argmax and topk can pick different classes."""
+    from moga_analysis.ablation.evaluate import _chunk_stats
+
+    class Tied(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 10)  # every class ties
+
+    rows = _chunk_stats(Tied(), torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), [[]], None)
+    assert rows[0, STAT_COLUMNS.index("agree")] == 4
+
+
+def test_grad_cam_accepts_targets_made_under_inference_mode():
+    from moga_analysis.gradcam import grad_cam
+
+    net = timm.create_model("resnet18", num_classes=3).eval()
+    with torch.inference_mode():
+        t = torch.tensor([0, 2])
+    res = grad_cam(net, torch.randn(2, 3, 32, 32), target=t)
+    assert res.targets.tolist() == [0, 2]

@@ -49,9 +49,10 @@ def test_run_folder_refuses_other_weights_on_resume(tmp_path):
     run.check_weights("m", {"location": "a.pth", "sha256": "aa"})
     run = RunFolder(tmp_path, "t", {}, resume=True)
     run.check_weights("m", {"location": "elsewhere/a.pth", "sha256": "aa"})  # same hash: the same weights
-    with pytest.raises(RunMismatchError, match="other weights"):
-        run.check_weights("m", {"location": "a.pth", "sha256": "bb"})
     run.mark_complete(models=["m"])
+    with pytest.raises(RunMismatchError, match="other weights"):
+        RunFolder(tmp_path, "t", {}, resume=True).check_weights("m", {"location": "a.pth", "sha256": "bb"})
+    assert RunFolder.is_complete(tmp_path)  # a refused resume leaves the finished run as it was
     assert RunFolder.is_complete(tmp_path) and not RunFolder.is_complete(tmp_path / "nothing")
     assert RunFolder.read_record(tmp_path)["weights"]["m"]["sha256"] == "aa"
 

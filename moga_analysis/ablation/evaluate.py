@@ -103,7 +103,8 @@ def _chunk_stats(
             return model(x).double().log_softmax(dim=-1)  # metrics in float64 (tiny KLs)
 
     ref = run([])
-    ref_top1 = ref.argmax(dim=-1)
+    # the same tie-breaking as _batch_stats' top-k (low-precision logits often tie at the top)
+    ref_top1 = ref.topk(min(5, ref.shape[-1]), dim=-1).indices[:, 0]
     rows = [ref if not plan else run(plan) for plan in plans]
     return torch.stack([_batch_stats(lp, y, ref_top1, ref) for lp in rows])
 

@@ -84,7 +84,7 @@ def normalize_targets(target: TargetLike, batch: int, num_classes: Optional[int]
         if isinstance(target, torch.Tensor):
             if target.is_floating_point() or target.dtype == torch.bool:
                 raise ValueError(f"target tensor must hold integers, not {target.dtype}")
-            t = target.detach().to("cpu", torch.long).reshape(-1)
+            t = target.detach().to("cpu", torch.long).reshape(-1).clone()  # also an inference-mode tensor
             if target.dim() == 0:
                 t = t.expand(batch).clone()
         else:

@@ -37,15 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("interactions")
     g.add_argument(
         "--protocol",
-        choices=["reference", "efficient"],
+        choices=["reference", "efficient", "precise"],
         default="reference",
-        help="reference: independent contexts per pair (the public code); efficient: shared contexts",
+        help="reference: independent contexts per pair (the public code); efficient: shared contexts; "
+        "precise: shared contexts allocated to reach --target-noise (default 0.1)",
     )
     g.add_argument("--method", choices=["shared", "independent"], default=None,
                    help="override the protocol's estimator")
     g.add_argument("--grid", type=int, default=14, help="players = grid x grid cells (default 14)")
     g.add_argument("--pairs", type=int, default=50, help="pairs per image (default 50)")
     g.add_argument("--contexts", type=int, default=50, help="contexts per pair and order (default 50)")
+    g.add_argument("--target-noise", type=float, default=None, metavar="TAU",
+                   help="instead of a context count: noise floor / mean |I^(m)| <= TAU at every order and image "
+                   "(the adaptive estimator; implies --protocol precise)")
+    g.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="with a target: at most N game evaluations per image (orders that miss the target are "
+                   "reported)")
+    g.add_argument("--min-contexts", type=int, default=8, help="with a target: contexts per pair and order, at least")
+    g.add_argument("--max-contexts", type=int, default=1024, help="with a target: contexts per pair and order, at most")
+    g.add_argument("--pilot-contexts", type=int, default=8, help="with a target: pilot contexts per pair and order")
     g.add_argument("--ratios", type=float, nargs="+", default=list(REFERENCE_RATIOS),
                    help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios)")
     g.add_argument("--baseline", default="mean", choices=["mean", "zero", "blur"], help="absent-player baseline")
@@ -63,10 +73,19 @@ def settings_from_args(args: argparse.Namespace):
     """The :class:`InteractionSettings` of parsed arguments."""
     from .pipeline import InteractionSettings
 
-    preset = InteractionSettings.reference if args.protocol == "reference" else InteractionSettings.efficient
     overrides = dict(grid=args.grid, pairs=args.pairs, contexts=args.contexts, ratios=tuple(args.ratios),
                      baseline=args.baseline, output=args.output, image_size=args.image_size, dtype=args.dtype,
                      memory_format=args.memory_format, seed=args.seed)
+    if args.target_noise is not None or args.protocol == "precise":
+        if args.method is not None:
+            raise ValueError("--target-noise chooses the adaptive estimator; drop --method")
+        return InteractionSettings.precise(0.1 if args.target_noise is None else args.target_noise,
+                                           pilot_contexts=args.pilot_contexts, min_contexts=args.min_contexts,
+                                           max_contexts=args.max_contexts, max_evaluations=args.max_evaluations,
+                                           **overrides)
+    if args.max_evaluations is not None:
+        raise ValueError("--max-evaluations caps the adaptive estimator: give --target-noise too")
+    preset = InteractionSettings.reference if args.protocol == "reference" else InteractionSettings.efficient
     if args.method is not None:
         overrides["method"] = args.method
     return preset(**overrides)

@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 #: how the pairs of an image are chosen: the reference rule (random cell, neighbour within 2)
 PAIR_RULES = ("reference",)
-#: the estimators a run can use (see :mod:`moga_analysis.interactions.estimators`)
-METHODS = ("shared", "independent")
+#: the estimators a run can use (:mod:`.estimators`; ``"adaptive"``: :mod:`.adaptive`)
+METHODS = ("shared", "independent", "adaptive")
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -71,8 +71,12 @@ class InteractionSettings:
     ``pair_rule`` and the orders m = int((n - 2) r) of ``ratios``; ``baseline`` and ``output``
     define the game (:class:`~moga_analysis.interactions.games.ImageMaskingGame`); ``method`` the
     estimator: ``"independent"`` (the reference protocol) or ``"shared"`` with ``contexts`` samples
-    per pair and order.  ``dtype``/``memory_format`` how the model runs (``"auto"``: channels_last
-    for conv nets, model and input together); ``image_size``: None for the model's own.
+    per pair and order, or ``"adaptive"``: as many shared contexts per order as it takes to reach
+    noise floor / mean |I^(m)| <= ``target_noise`` at every order (a pilot of ``pilot_contexts``,
+    then ``min_contexts`` .. ``max_contexts`` per pair, at most ``max_evaluations`` per image; see
+    :func:`~moga_analysis.interactions.adaptive.estimate_adaptive`).  ``dtype``/``memory_format``
+    how the model runs (``"auto"``: channels_last for conv nets, model and input together);
+    ``image_size``: None for the model's own.
     """
 
     method: str = "shared"
@@ -88,6 +92,11 @@ class InteractionSettings:
     memory_format: str = "auto"
     seed: int = 0
     protocol: str = "custom"
+    target_noise: Optional[float] = None
+    pilot_contexts: int = 8
+    min_contexts: int = 8
+    max_contexts: int = 1024
+    max_evaluations: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
@@ -103,6 +112,10 @@ class InteractionSettings:
             raise ValueError(f"unknown pair rule {self.pair_rule!r}; choose one of {', '.join(PAIR_RULES)}")
         if any(not 0.0 <= r <= 1.0 for r in self.ratios) or not self.ratios:
             raise ValueError(f"ratios must lie in [0, 1], got {list(self.ratios)}")
+        if (self.method == "adaptive") != (self.target_noise is not None):
+            raise ValueError("the adaptive method needs a target_noise, and a target_noise needs method='adaptive'")
+        if self.target_noise is not None and not 0 < float(self.target_noise) < 10:
+            raise ValueError(f"target_noise is a ratio noise floor / mean |I|, e.g. 0.1; got {self.target_noise}")
 
     @classmethod
     def reference(cls, **overrides: Any) -> "InteractionSettings":
@@ -116,6 +129,12 @@ class InteractionSettings:
         (1.46-1.49x fewer evaluations for the same samples)."""
         return cls(**{"method": "shared", "protocol": "efficient", **overrides})
 
+    @classmethod
+    def precise(cls, target_noise: float = 0.1, **overrides: Any) -> "InteractionSettings":
+        """The reference grid, pairs and orders with a precision target instead of a context count:
+        noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost."""
+        return cls(**{"method": "adaptive", "protocol": "precise", "target_noise": float(target_noise), **overrides})
+
     @property
     def n_players(self) -> int:
         return int(self.grid) ** 2
@@ -125,8 +144,15 @@ class InteractionSettings:
         return orders_from_ratios(self.ratios, self.n_players)
 
     def fingerprint(self) -> Dict[str, Any]:
+        """The settings that define the numbers (the adaptive fields only for that method, so the
+        fingerprints of earlier runs still match)."""
         d = dataclasses.asdict(self)
         d["ratios"] = list(self.ratios)
+        if self.method != "adaptive":
+            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations"):
+                d.pop(key)
+        else:
+            d.pop("contexts")
         return d
 
 
@@ -151,8 +177,17 @@ def image_interactions(
     contexts by ``seed + 1``.  ``metadata`` holds the explained ``target``."""
     game = ImageMaskingGame(model, image, target=target, grid=settings.grid, baseline=settings.baseline,
                             output=settings.output, batch_size=batch_size)
-    res = estimate_interactions(game, settings.n_players, image_pairs(settings, seed), settings.orders,
-                                int(settings.contexts), method=settings.method, seed=seed + 1, progress=progress)
+    n, pairs, orders = settings.n_players, image_pairs(settings, seed), settings.orders
+    if settings.method == "adaptive":
+        from .adaptive import estimate_adaptive
+
+        res = estimate_adaptive(game, n, pairs, orders, target_noise=settings.target_noise,
+                                pilot_contexts=settings.pilot_contexts, min_contexts=settings.min_contexts,
+                                max_contexts=settings.max_contexts, max_evaluations=settings.max_evaluations,
+                                seed=seed + 1, progress=progress)
+    else:
+        res = estimate_interactions(game, n, pairs, orders, int(settings.contexts), method=settings.method,
+                                    seed=seed + 1, progress=progress)
     return dataclasses.replace(res, metadata={**res.metadata, "target": game.target})
 
 
@@ -232,6 +267,9 @@ class ModelInteractions(SavableResult):
                 "worst_noise_ratio": float(self.noise_ratio()[:, o].max()),
                 "rms_unbiased": float(self.rms_unbiased()[:, o].mean()), "J": float(J[o]),
             })
+            if self.metadata.get("target_noise") is not None:
+                tau = float(self.metadata["target_noise"])
+                rows[-1].update(target=tau, target_met=rows[-1]["worst_noise_ratio"] <= tau)
         return rows
 
     # -- files --------------------------------------------------------------------------------------
@@ -414,10 +452,15 @@ def _stack_model(spec, results: Mapping[int, SavableResult], imgs, settings, mod
     kept = [(i, r) for i, r in sorted(results.items()) if isinstance(r, InteractionResult)]
     skipped = [[imgs.names[i], r.reason] for i, r in sorted(results.items()) if isinstance(r, SkippedItem)]
     first = kept[0][1].metadata if kept else {}
+    meta = {"models": models, "environment": environment_info()}
+    if settings.method == "adaptive":
+        meta["target_noise"] = settings.target_noise
+        meta["missed_orders"] = [r.metadata.get("missed_orders", []) for _, r in kept]
+        meta["budget_capped"] = [bool(r.metadata.get("budget_capped")) for _, r in kept]
     return ModelInteractions.stack(
         spec.name, [r for _, r in kept], [imgs.names[i] for i, _ in kept], skipped,
         weights=first.get("weights"), provenance=first.get("provenance"), settings=settings.fingerprint(),
-        metadata={"models": models, "environment": environment_info()},
+        metadata=meta,
     )
 
 
@@ -427,11 +470,11 @@ def _load_share(run: RunFolder, spec, imgs) -> Dict[int, SavableResult]:
 
 def _warn_missed_targets(stack: InteractionStack) -> None:
     for r in stack.values():
-        missed = [int(m) for o, m in enumerate(r.orders.tolist()) if r.metadata.get("target_noise") is not None
-                  and float(r.noise_ratio()[:, o].max()) > float(r.metadata["target_noise"])]
+        missed = sorted({int(m) for per_image in r.metadata.get("missed_orders", []) for m in per_image})
         if missed:
-            log.warning("%s: the noise target %.3g was missed at orders %s (budget cap reached)", r.model,
-                        r.metadata["target_noise"], missed)
+            log.warning("%s: the noise target %.3g was missed at orders %s on %d of %d images (budget or "
+                        "context cap reached; see interactions_precision.md)", r.model, r.metadata["target_noise"],
+                        missed, sum(bool(x) for x in r.metadata["missed_orders"]), len(r.images))
 
 
 def compute_interactions(
@@ -441,6 +484,7 @@ def compute_interactions(
     *,
     labels: Optional[Sequence[Optional[int]]] = None,
     labels_file: Optional[Union[str, os.PathLike]] = None,
+    labels_format: str = "auto",
     num_images: Optional[int] = None,
     require_labels: bool = False,
     out: Optional[Union[str, os.PathLike]] = None,
@@ -456,7 +500,7 @@ def compute_interactions(
     ``models``: names, ``NAME=CHECKPOINT``, ``(name, checkpoint)``, modules or ``{name: module}``
     (:func:`moga_analysis.specs.model_specs`; ``random_weights=True`` is the only way to random
     weights).  ``images``: None (the shipped photos), a folder, files, a preprocessed tensor or a
-    dataset (:func:`moga_analysis.data.image_set`, with ``labels``/``labels_file``, ``num_images``
+    dataset (:func:`moga_analysis.data.image_set`, with ``labels``/``labels_file``/``labels_format``, ``num_images``
     by the one subset rule); a label is the explained class, none (-1) the predicted one.
     ``out``: a run folder, written per image (``resume=True`` keeps what is done there, refusing
     other settings, inputs or weights).  Under ``torch.distributed`` the images are sharded over
@@ -472,8 +516,8 @@ def compute_interactions(
         raise ValueError("a distributed run needs an output folder (out=...) to gather its results")
     device = analysis_device(device, world)
     specs = model_specs(models, random_weights=random_weights)
-    imgs = image_set(images, labels, labels_file=labels_file, num_images=num_images, seed=settings.seed,
-                     require_labels=require_labels)
+    imgs = image_set(images, labels, labels_file=labels_file, labels_format=labels_format, num_images=num_images,
+                     seed=settings.seed, require_labels=require_labels)
     run = RunFolder(out, "interactions", settings.fingerprint(), resume=resume, primary=rank == 0) if out else None
     log.info("%d images, models %s, %s (rank %d/%d)", len(imgs), [s.name for s in specs], settings, rank, world)
     shares = {s.name: _run_model(s, imgs, settings, run, device, rank, world, batch_size, compile, progress)
