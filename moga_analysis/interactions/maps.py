@@ -400,14 +400,11 @@ def interaction_maps(
     The result's ``n_evaluations`` counts the masked evaluations per image (the shared estimator
     serves many of the map pairs with one context: about 2x fewer than independent contexts).
     """
-    from .games import ImageMaskingGame
-
     if method not in ("shared", "independent", "exact"):
         raise ValueError(f"unknown method {method!r}; choose 'shared', 'independent' or 'exact'")
     if isinstance(images, torch.Tensor):
-        imgs = list(images.unbind(0)) if images.dim() == 4 else [images]
-    else:
-        imgs = list(images)
+        images = images.unbind(0) if images.dim() == 4 else [images]
+    imgs = list(images)
     if not imgs:
         raise ValueError("no images given")
     X = len(imgs)
@@ -422,41 +419,44 @@ def interaction_maps(
     name = model_name or _model_name(model)
     if model.training:
         log.warning("interaction_maps: the model is in training mode; call model.eval() first")
-    parts = []
-    for x in _progress(range(X), enabled=progress and X > 1, desc=f"maps {name}", unit="img"):
-        game = ImageMaskingGame(model, imgs[x], tlist[x], grid=grid, baseline=baseline, output=output,
-                                batch_size=batch_size)  # fmt: skip
-        if method == "exact":
-            res = exact_interactions(game, n, pairs, ords, batch_size=batch_size)
-        else:
-            res = estimate_interactions(game, n, pairs, ords, n_contexts, method=method,
-                                        seed=image_seed(seed, idx_list[x]), batch_size=batch_size,
-                                        progress=progress)  # fmt: skip
-        parts.append(maps_from_result(res, grid, b, model=name, target=game.target,
-                                      n_contexts=0 if method == "exact" else n_contexts))  # fmt: skip
-        log.info("maps %s image %d: %d evaluations", name, idx_list[x], res.n_evaluations)
-    out = InteractionMaps.stack(parts)
+    game_kw = dict(grid=grid, baseline=baseline, output=output, batch_size=batch_size)
+    parts = [_image_maps(model, imgs[x], tlist[x], game_kw, pairs, ords, b, method, n_contexts,
+                         image_seed(seed, idx_list[x]), name, progress)
+             for x in _progress(range(X), enabled=progress and X > 1, desc=f"maps {name}", unit="img")]
     settings = dict(
         grid=int(grid), radius=int(radius), neighbourhood=neighbourhood, orders=ords,
         ratios=list(REFERENCE_RATIOS if ratios is None else ratios) if orders is None else None,
         n_contexts=int(n_contexts), method=method, seed=int(seed), batch_size=int(batch_size),
         baseline=baseline if isinstance(baseline, str) else "tensor", output=output,
     )  # fmt: skip
-    meta = dict(
-        settings=settings,
-        image_indices=idx_list,
-        weights=str(getattr(model, "weights_source", "") or ""),
-        versions={"torch": torch.__version__},
-    )
+    meta = _run_metadata(model, settings, idx_list, image_ids)
+    return dataclasses.replace(InteractionMaps.stack(parts), metadata=meta)
+
+
+def _image_maps(model, image, target, game_kw, pairs, orders, bands, method, n_contexts, seed, name, progress):
+    """The maps of one image: its game on the map pairs, estimated (or enumerated), as maps."""
+    from .games import ImageMaskingGame
+
+    game = ImageMaskingGame(model, image, target, **game_kw)
+    n = game.n_players
+    if method == "exact":
+        res = exact_interactions(game, n, pairs, orders, batch_size=game_kw["batch_size"])
+    else:
+        res = estimate_interactions(game, n, pairs, orders, n_contexts, method=method, seed=seed,
+                                    batch_size=game_kw["batch_size"], progress=progress)
+    log.info("maps %s: %d evaluations", name, res.n_evaluations)
+    return maps_from_result(res, game.grid, bands, model=name, target=game.target,
+                            n_contexts=0 if method == "exact" else n_contexts)
+
+
+def _run_metadata(model, settings, idx_list, image_ids) -> Dict[str, Any]:
+    from .. import __version__
+
+    meta = dict(settings=settings, image_indices=idx_list, weights=str(getattr(model, "weights_source", "") or ""),
+                versions={"torch": torch.__version__, "moga_analysis": __version__})
     if image_ids is not None:
         meta["image_ids"] = [str(i) for i in image_ids]
-    try:
-        from .. import __version__
-
-        meta["versions"]["moga_analysis"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
-    return dataclasses.replace(out, metadata=meta)
+    return meta
 
 
 # ---------------------------------------------------------------------------- paired difference
