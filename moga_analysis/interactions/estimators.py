@@ -35,7 +35,7 @@ import torch
 from ..results import SavableResult
 from ..runtime import progress as _progress
 
-__all__ = ["InteractionResult", "exact_interactions", "estimate_interactions", "Game"]
+__all__ = ["InteractionResult", "exact_interactions", "estimate_interactions", "deconvolved_mean_abs", "Game"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ class InteractionResult(SavableResult):
     values: float64 [n_orders, n_pairs], I^(m)(i,j) (raw, signed, unnormalised);
     stderr: same shape, standard error of each value (0 where exact);
     half_values: [2, n_orders, n_pairs], means of the two halves of each pair's samples;
-    n_samples: LongTensor [n_orders], samples (contexts) per pair and order;
-    n_evaluations: game evaluations used;  method: "exact", "shared" or "independent".
+    n_samples: LongTensor [n_orders], samples (contexts) per pair and order (the fewest any pair
+    got, where pairs differ);
+    n_evaluations: game evaluations used;  method: "exact", "shared", "independent" or "adaptive";
+    samples_per_pair: LongTensor [n_orders, n_pairs] where the samples differ per pair (adaptive
+    allocation), else None (files saved before it existed load with None).
     """
 
     orders: torch.Tensor
@@ -68,6 +71,7 @@ class InteractionResult(SavableResult):
     method: str
     seed: Optional[int] = None
     metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples_per_pair: Optional[torch.Tensor] = None
 
     def mean_abs(self) -> torch.Tensor:
         """Raw E_(i,j)|I^(m)| per order ``[n_orders]`` (biased upwards by estimator noise)."""
@@ -83,6 +87,91 @@ class InteractionResult(SavableResult):
 
     def mean_square_raw(self) -> torch.Tensor:
         return (self.values**2).mean(1)
+
+    def noise_ratio(self) -> torch.Tensor:
+        """Noise floor / raw mean |I| per order (0 where exact): the precision that
+        :func:`~moga_analysis.interactions.estimate_adaptive` targets."""
+        floor, signal = self.noise_floor(), self.mean_abs()
+        return torch.where(floor > 0, floor / signal.clamp_min(torch.finfo(signal.dtype).tiny), torch.zeros_like(floor))
+
+    def mean_abs_debiased(self) -> torch.Tensor:
+        """E_(i,j)|I^(m)| per order corrected for estimator noise (see :func:`deconvolved_mean_abs`)."""
+        return deconvolved_mean_abs(self.values, self.stderr)
+
+
+def _npmle_scaled(x, s, noisy, alpha: float, grid_size: int, iterations: int):
+    """NPMLE of G for theta_p = I_p / s_p^alpha (x_p ~ N(s_p^alpha theta_p, s_p^2)), by EM on a grid.
+
+    Returns (mean log-likelihood per noisy pair up to a constant shared by all alpha,
+    posterior mean of |I_p| [B, P])."""
+    c = s**alpha  # scale of the prior for pair p
+    u = torch.where(noisy, x / c, torch.zeros_like(x))  # = z_p * s_p^(1-alpha): the grid's range
+    lo, hi = u.amin(-1).clamp(max=0.0), u.amax(-1).clamp(min=0.0)
+    t = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
+    grid = torch.cat([lo[:, None] + (hi - lo)[:, None] * t, torch.zeros_like(lo)[:, None]], 1)  # [B, G]
+    logL = -0.5 * ((x[..., None] - c[..., None] * grid[:, None, :]) / s[..., None]) ** 2
+    top = logL.amax(-1, keepdim=True)
+    L = (logL - top).exp()  # [B, P, G]; the 1/s_p factor is the same for every alpha
+    weight = noisy.double() / noisy.sum(-1, keepdim=True)  # the mean over noisy pairs
+    w = torch.full(grid.shape, 1.0 / grid.shape[1], dtype=torch.float64)
+    for _ in range(int(iterations)):
+        f = (L * w[:, None, :]).sum(-1, keepdim=True)
+        post = L * w[:, None, :] / f
+        w = (post * weight[..., None]).sum(1)
+    loglik = ((f[..., 0].log() + top[..., 0]) * weight).sum(-1)
+    return loglik, c * (post * grid.abs()[:, None, :]).sum(-1)
+
+
+def deconvolved_mean_abs(
+    values: torch.Tensor,
+    stderr: torch.Tensor,
+    *,
+    alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
+    grid_size: int = 80,
+    iterations: int = 200,
+) -> torch.Tensor:
+    """Mean |I| over the last dimension (pairs), corrected for estimator noise.
+
+    Model: each estimate is ``x_p = I_p + e_p`` with ``e_p ~ N(0, s_p^2)`` and ``s_p`` its stderr
+    (the mean of many i.i.d. second differences is close to normal).  The raw mean |x| is biased
+    upwards (by up to ``sqrt(2/pi) s`` where |I| << s), and no unbiased estimator of |I| exists for
+    a normal observation (|I| is not smooth at 0), so the correction is an empirical-Bayes one:
+    ``I_p = s_p^alpha theta_p`` with the theta_p drawn from one distribution G, estimated by
+    nonparametric maximum likelihood (Kiefer-Wolfowitz NPMLE on a grid, fitted by EM), and the
+    result is the mean over pairs of the posterior mean of |I_p|.  ``alpha`` says how the size of
+    an interaction goes with its noise (0: the interactions are exchangeable whatever their stderr;
+    1: their signal-to-noise ratios are; on a real network the pairs with large interactions are
+    also the noisy ones); it is chosen per row among ``alphas`` by the marginal likelihood.
+    Consistent as the number of pairs grows; its residual bias and spread are measured in
+    docs/interactions.md and tested in tests/test_adaptive.py.  Exact entries (``s_p = 0``) enter
+    as |x_p|.
+
+    ``values``, ``stderr``: ``[..., n_pairs]``; returns ``[...]`` (float64).
+    """
+    x = torch.as_tensor(values, dtype=torch.float64)
+    s = torch.as_tensor(stderr, dtype=torch.float64)
+    if x.shape != s.shape or x.dim() == 0:
+        raise ValueError(f"values and stderr must share a shape [..., n_pairs]: {tuple(x.shape)}, {tuple(s.shape)}")
+    lead = x.shape[:-1]
+    x, s = x.reshape(-1, x.shape[-1]), s.reshape(-1, s.shape[-1])
+    noisy = s > 0
+    out = torch.where(noisy, torch.zeros_like(x), x.abs()).sum(-1)
+    rows = noisy.any(-1).nonzero().flatten()
+    if len(rows):
+        nr = noisy[rows]
+        sr = torch.where(nr, s[rows], torch.ones_like(s[rows]))
+        xr = torch.where(nr, x[rows], torch.zeros_like(sr))
+        best_ll, best = None, None
+        for alpha in alphas:
+            ll, post_abs = _npmle_scaled(xr, sr, nr, float(alpha), grid_size, iterations)
+            if best is None:
+                best_ll, best = ll, post_abs
+            else:
+                better = ll > best_ll + 1e-12
+                best = torch.where(better[:, None], post_abs, best)
+                best_ll = torch.where(better, ll, best_ll)
+        out[rows] += torch.where(nr, best, torch.zeros_like(best)).sum(-1)
+    return (out / x.shape[-1]).reshape(lead)
 
 
 def _check_pairs(pairs, n_players: int) -> torch.Tensor:
@@ -211,14 +300,21 @@ def _plan_independent(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Ge
     return rows, (base, base + R, base + 2 * R, base + 3 * R)
 
 
-def _plan_shared(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generator):
-    """Anchors serving many pairs; returns rows and index tensors [P, k] (a - b - c + d)."""
-    P = len(pairs)
+def _shared_samples(n: int, pairs: torch.Tensor, m: int, need: torch.Tensor, gen: torch.Generator):
+    """Shared-context samples of order ``m``: pair ``p`` gets ``need[p]`` of them.
+
+    Returns ``(rows, (a, b, c, d), pair_of)``: the rows to evaluate, and for every sample (flat,
+    sorted by pair, then by context) the row indices whose values give
+    ``Delta = v[a] - v[b] - v[c] + v[d]`` and the pair it belongs to.  A pair's samples are its
+    first ``need[p]`` anchors among i.i.d. uniform anchors; given that an anchor serves a pair it
+    is uniform over that pair's contexts, so each pair's samples are i.i.d. draws of Delta(i,j,S)
+    with S uniform among the subsets of size ``m`` of N minus {i,j}.
+    """
     pi, pj = pairs[:, 0], pairs[:, 1]
     low = (n - m) * (n - m - 1) >= (m + 2) * (m + 1)
     size = m if low else m + 2
     p_serve = ((n - m) * (n - m - 1) if low else (m + 2) * (m + 1)) / (n * (n - 1))
-    need = torch.full((P,), k, dtype=torch.long)
+    need = need.clone()
     anchors, takes = [], []
     while int(need.max()) > 0:
         count = int(math.ceil(int(need.max()) / p_serve * 1.1)) + 4
@@ -248,15 +344,21 @@ def _plan_shared(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generat
     off_single, off_double = C, C + len(uniq)
     # order the samples of each pair by context (stable sort on the pair index)
     order = torch.sort(p_idx, stable=True).indices
-    c_s = c_idx[order].view(P, k)
-    t_s = order.view(P, k)
-    a = off_double + t_s
-    b = off_single + inv_i[order].view(P, k)
-    c = off_single + inv_j[order].view(P, k)
-    d = c_s
+    a = off_double + order
+    b = off_single + inv_i[order]
+    c = off_single + inv_j[order]
+    d = c_idx[order]
     if low:  # rows: S+ij, S+i, S+j, S
-        return rows, (a, b, c, d)
-    return rows, (d, c, b, a)  # rows: R, R-j, R-i, R-ij  -> Delta = v(R) - v(R-i) - v(R-j) + v(R-ij)
+        return rows, (a, b, c, d), p_idx[order]
+    # rows: R, R-j, R-i, R-ij  -> Delta = v(R) - v(R-i) - v(R-j) + v(R-ij)
+    return rows, (d, c, b, a), p_idx[order]
+
+
+def _plan_shared(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generator):
+    """Anchors serving many pairs, ``k`` samples per pair; rows and index tensors [P, k] (a - b - c + d)."""
+    P = len(pairs)
+    rows, idx, _ = _shared_samples(n, pairs, m, torch.full((P,), k, dtype=torch.long), gen)
+    return rows, tuple(t.view(P, k) for t in idx)
 
 
 def estimate_interactions(
