@@ -198,3 +198,14 @@ def test_two_process_gloo_matches_one_process(full_run, tmp_path):
     b, _ = load_tensors(out / "interactions_moganet_xtiny.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_maps_cli_writes_maps_and_their_figure(tmp_path):
+    argv = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "64", "--grid", "4", "--no-progress", "-q"]
+    assert main([*argv, "--maps", "--contexts", "2", "--ratios", "0.1", "0.5", "0.9", "--num-images", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "maps_moganet_xtiny.safetensors").exists()
+    assert (tmp_path / "interaction_maps.png").stat().st_size > 1000 and (tmp_path / "interaction_maps.pdf").exists()
+    assert (tmp_path / "gradcam" / "cam_moganet_xtiny.safetensors").exists()
+    with pytest.raises(ValueError, match="--maps"):
+        main([*argv, "--maps", "--target-noise", "0.2", "--out", str(tmp_path / "x")])

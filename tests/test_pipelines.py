@@ -316,3 +316,27 @@ def test_ablation_analyses_run_through_the_other_pipelines(tiny_nets):
     assert out["interactions"]["none"]["orders"] == [0, 7, 14]
     assert sum(out["interactions"]["gate@all"]["J"]) == pytest.approx(3.0)
     assert 0 < out["erf"]["gate@all"]["0.5"] <= 1 and 0 <= out["gradcam"]["none"]["deletion_auc"] <= 1
+
+
+def test_map_runs_through_the_pipeline(tiny_nets, tmp_path):
+    """InteractionSettings.maps(): map pairs, per-cell maps per model saved beside the stack, equal to
+    the maps of each image's own result; the paired difference of the two models."""
+    from moga_analysis.interactions import InteractionSettings, InteractionStack, compute_interactions, map_pairs
+    from moga_analysis.interactions.maps import maps_from_result
+
+    settings = InteractionSettings.maps(grid=4, contexts=3, ratios=(0.1, 0.5, 0.9))
+    assert settings.orders == [1, 7, 12] and "pairs" not in settings.fingerprint()
+    stack = compute_interactions(tiny_nets, torch.randn(2, 3, 32, 32), settings, out=tmp_path, progress=False)
+    full = stack["full"]
+    assert torch.equal(full.pairs[0], map_pairs(4)) and full.values.shape == (2, 3, len(map_pairs(4)))
+    maps = stack.maps["full"]
+    assert maps.mean_abs.shape == (2, 3, 4, 4) and maps.metadata["image_ids"] == ["tensor[0]", "tensor[1]"]
+    item = load_result(tmp_path / "full" / "img_00001.safetensors")
+    torch.testing.assert_close(maps.mean_abs[1], maps_from_result(item, 4).mean_abs[0], rtol=0, atol=0)
+    back = InteractionStack.load(tmp_path)
+    assert set(back.maps) == {"full", "nogate"}
+    torch.testing.assert_close(back.maps["nogate"].signed, stack.maps["nogate"].signed, rtol=0, atol=0)
+    d = back.map_difference("full", "nogate", n_boot=20)
+    torch.testing.assert_close(d.diff, (back.maps["nogate"].mean_abs - maps.mean_abs).mean(0))
+    with pytest.raises(ValueError, match="no maps"):
+        InteractionStack(list(back.values())).map_difference("full", "nogate")

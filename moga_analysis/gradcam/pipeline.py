@@ -41,7 +41,7 @@ class CAMSettings:
     labels, the prediction where an image has none).
     """
 
-    image_size: int = 224
+    image_size: Optional[int] = 224
     layers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     steps: int = 50
     metrics: bool = True

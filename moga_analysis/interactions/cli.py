@@ -14,8 +14,6 @@ import logging
 import os
 from typing import Iterator, Optional, Sequence
 
-from .design import REFERENCE_RATIOS
-
 __all__ = ["build_parser", "main", "settings_from_args", "RESUMES"]
 
 log = logging.getLogger(__name__)
@@ -44,9 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--method", choices=["shared", "independent"], default=None,
                    help="override the protocol's estimator")
-    g.add_argument("--grid", type=int, default=14, help="players = grid x grid cells (default 14)")
-    g.add_argument("--pairs", type=int, default=50, help="pairs per image (default 50)")
-    g.add_argument("--contexts", type=int, default=50, help="contexts per pair and order (default 50)")
+    g.add_argument("--maps", action="store_true",
+                   help="per-cell maps of I^(m) by band of orders (every cell with its right and lower "
+                   "neighbours; default grid 8, 16 contexts) and their figure beside Grad-CAM")
+    g.add_argument("--map-radius", type=int, default=1, help="with --maps: neighbours within this distance")
+    g.add_argument("--map-neighbourhood", choices=["right_down", "chebyshev"], default="right_down",
+                   help="with --maps: right and lower neighbours, or every cell within the radius")
+    g.add_argument("--grid", type=int, default=None, help="players = grid x grid cells (default 14; 8 with --maps)")
+    g.add_argument("--pairs", type=int, default=None, help="pairs per image (default 50)")
+    g.add_argument("--contexts", type=int, default=None,
+                   help="contexts per pair and order (default 50; 16 with --maps)")
     g.add_argument("--target-noise", type=float, default=None, metavar="TAU",
                    help="instead of a context count: noise floor / mean |I^(m)| <= TAU at every order and image "
                    "(the adaptive estimator; implies --protocol precise)")
@@ -56,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-contexts", type=int, default=8, help="with a target: contexts per pair and order, at least")
     g.add_argument("--max-contexts", type=int, default=1024, help="with a target: contexts per pair and order, at most")
     g.add_argument("--pilot-contexts", type=int, default=8, help="with a target: pilot contexts per pair and order")
-    g.add_argument("--ratios", type=float, nargs="+", default=list(REFERENCE_RATIOS),
-                   help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios)")
+    g.add_argument("--ratios", type=float, nargs="+", default=None,
+                   help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios; with --maps those "
+                   "inside the bands)")
     g.add_argument("--baseline", default="mean", choices=["mean", "zero", "blur"], help="absent-player baseline")
     g.add_argument("--value", dest="output", default="log_odds", choices=["log_odds", "logit", "log_prob"],
                    help="game value v(S) of the target class (default log_odds)")
@@ -73,9 +79,15 @@ def settings_from_args(args: argparse.Namespace):
     """The :class:`InteractionSettings` of parsed arguments."""
     from .pipeline import InteractionSettings
 
-    overrides = dict(grid=args.grid, pairs=args.pairs, contexts=args.contexts, ratios=tuple(args.ratios),
-                     baseline=args.baseline, output=args.output, image_size=args.image_size, dtype=args.dtype,
-                     memory_format=args.memory_format, seed=args.seed)
+    given = dict(grid=args.grid, pairs=args.pairs, contexts=args.contexts,
+                 ratios=None if args.ratios is None else tuple(args.ratios))
+    overrides = dict({k: v for k, v in given.items() if v is not None}, baseline=args.baseline, output=args.output,
+                     image_size=args.image_size, dtype=args.dtype, memory_format=args.memory_format, seed=args.seed)
+    if args.maps:
+        if args.target_noise is not None or args.method is not None:
+            raise ValueError("--maps uses shared contexts with a context count; drop --target-noise / --method")
+        return InteractionSettings.maps(**overrides, map_radius=args.map_radius,
+                                        map_neighbourhood=args.map_neighbourhood)
     if args.target_noise is not None or args.protocol == "precise":
         if args.method is not None:
             raise ValueError("--target-noise chooses the adaptive estimator; drop --method")
@@ -109,6 +121,22 @@ def _process_group(device: str) -> Iterator[int]:
         dist.destroy_process_group()
 
 
+def _maps_figure(args: argparse.Namespace, stack) -> None:
+    """The maps beside Grad-CAM of the same images and classes (two models: their difference too)."""
+    from ..cli import figure_out, images_from_args, specs_from_args
+    from ..gradcam.pipeline import CAMSettings, compute_cams
+    from .map_plot import plot_map_stack
+
+    specs = specs_from_args(args)[:2]
+    targets = stack[specs[0].name].targets.tolist()
+    cams = compute_cams(specs, images_from_args(args), CAMSettings(image_size=args.image_size, metrics=False,
+                                                                    target="label", seed=args.seed),
+                        labels=targets, out=f"{args.out}/gradcam", resume=args.resume, device=args.device,
+                        progress=not args.no_progress)
+    fig, _ = plot_map_stack(stack, cams, models=[s.name for s in specs])
+    figure_out(fig, f"{args.out}/interaction_maps")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import figure_out, images_from_args, setup_from_args, specs_from_args
     from .pipeline import compute_interactions
@@ -126,6 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_figures:
         fig, _ = plot_relative_strength(stack, normalization=args.normalization, n_boot=args.bootstrap, seed=args.seed)
         figure_out(fig, f"{args.out}/interactions_J")
+        if args.maps:
+            _maps_figure(args, stack)
     for name, J in stack.relative_strength(args.normalization).items():
         log.info("%s J^(m): %s", name, " ".join(f"{x:.3f}" for x in J.tolist()))
     log.info("results in %s", args.out)

@@ -14,7 +14,10 @@ import torch
 from ..plotting.style import PALETTE, paper_style, shorten_label, wrap_title
 from .maps import InteractionMaps, MapDifference
 
-__all__ = ["plot_interaction_maps"]
+__all__ = [
+    "plot_interaction_maps",
+    "plot_map_stack",
+]
 
 
 def _display(img: torch.Tensor) -> torch.Tensor:
@@ -387,3 +390,18 @@ def plot_interaction_maps(
                      matplotlib.colormaps[cmap], matplotlib.colormaps[diff_cmap], cam_cmap, alpha)  # fmt: skip
     row_names = [_row_label(groups[0], r, class_names, row_labels) for r in range(groups[0].n_images)]
     return _draw(images, panels, row_names, panel_size, title)
+
+
+def plot_map_stack(stack, cams=None, models: Optional[Sequence[str]] = None, *, difference: bool = True, **kwargs):
+    """:func:`plot_interaction_maps` of a run on map pairs: ``stack`` an ``InteractionStack`` with
+    maps, ``cams`` a ``CAMStack`` of the same images (its display images, maps and class names);
+    one or two ``models`` (default: the first two), with their paired difference when two."""
+    names = list(models or list(stack.maps)[:2])
+    if not names or any(n not in stack.maps for n in names):
+        raise ValueError(f"no maps for {names}: compute the run with InteractionSettings.maps()")
+    if cams is None:
+        raise ValueError("the maps figure draws the images: pass the CAMStack of the same images")
+    diff = stack.map_difference(names[0], names[1]) if difference and len(names) == 2 else None
+    kwargs.setdefault("class_names", cams.class_names)
+    return plot_interaction_maps(cams.display, [stack.maps[n] for n in names], [cams.results[n] for n in names],
+                                 models=names, difference=diff, **kwargs)

@@ -51,8 +51,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: how the pairs of an image are chosen: the reference rule (random cell, neighbour within 2)
-PAIR_RULES = ("reference",)
+#: how the pairs of an image are chosen: the reference rule (random cell, neighbour within 2), or
+#: ``"map"``: every cell with its neighbours (:func:`~.design.map_pairs`), for per-cell maps
+PAIR_RULES = ("reference", "map")
 #: the estimators a run can use (:mod:`.estimators`; ``"adaptive"``: :mod:`.adaptive`)
 METHODS = ("shared", "independent", "adaptive")
 
@@ -97,6 +98,8 @@ class InteractionSettings:
     min_contexts: int = 8
     max_contexts: int = 1024
     max_evaluations: Optional[int] = None
+    map_radius: int = 1
+    map_neighbourhood: str = "right_down"
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
@@ -135,6 +138,17 @@ class InteractionSettings:
         noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost."""
         return cls(**{"method": "adaptive", "protocol": "precise", "target_noise": float(target_noise), **overrides})
 
+    @classmethod
+    def maps(cls, grid: int = 8, contexts: int = 16, **overrides: Any) -> "InteractionSettings":
+        """Per-cell maps (:mod:`.maps`): every cell with its right and lower neighbours
+        (``map_radius``, ``map_neighbourhood``), shared contexts, the reference orders inside the
+        low / middle / high bands."""
+        from .strength import ORDER_BANDS
+
+        ratios = tuple(r for r in REFERENCE_RATIOS if any(lo <= r <= hi for lo, hi in ORDER_BANDS.values()))
+        return cls(**{"method": "shared", "protocol": "maps", "pair_rule": "map", "grid": grid,
+                      "contexts": contexts, "ratios": ratios, **overrides})
+
     @property
     def n_players(self) -> int:
         return int(self.grid) ** 2
@@ -153,12 +167,21 @@ class InteractionSettings:
                 d.pop(key)
         else:
             d.pop("contexts")
+        if self.pair_rule != "map":
+            d.pop("map_radius")
+            d.pop("map_neighbourhood")
+        else:
+            d.pop("pairs")
         return d
 
 
 # ======================================================================================= one image
 def image_pairs(settings: InteractionSettings, seed: int) -> torch.Tensor:
-    """The pairs of an image whose seed is ``seed`` (see :func:`image_seed`)."""
+    """The pairs of an image whose seed is ``seed`` (see :func:`image_seed`; map pairs are fixed)."""
+    if settings.pair_rule == "map":
+        from .design import map_pairs
+
+        return map_pairs(settings.grid, settings.map_radius, settings.map_neighbourhood)
     return reference_pairs(settings.grid, int(settings.pairs), generator=torch.Generator().manual_seed(seed))
 
 
@@ -318,11 +341,14 @@ class ModelInteractions(SavableResult):
 
 class InteractionStack(Mapping[str, ModelInteractions]):
     """The interactions of several models on the same images: ``stack[model]`` is a
-    :class:`ModelInteractions`, in the order the models were given (``stack.models``)."""
+    :class:`ModelInteractions`, in the order the models were given (``stack.models``).
+    ``maps``: ``{model: InteractionMaps}`` of a run on map pairs (:meth:`InteractionSettings.maps`)."""
 
-    def __init__(self, results: Union[Mapping[str, ModelInteractions], Sequence[ModelInteractions]]):
+    def __init__(self, results: Union[Mapping[str, ModelInteractions], Sequence[ModelInteractions]],
+                 maps: Optional[Mapping[str, Any]] = None):
         items = results.values() if isinstance(results, Mapping) else results
         self._results = {r.model: r for r in items}
+        self.maps = dict(maps or {})
 
     def __getitem__(self, model: str) -> ModelInteractions:
         try:
@@ -360,12 +386,21 @@ class InteractionStack(Mapping[str, ModelInteractions]):
         return paired_band_difference(ra.mean_abs(), rb.mean_abs(), ra.orders, ra.n_players, dict(bands or ORDER_BANDS),
                                       n_boot=n_boot, level=level, seed=seed)
 
+    def map_difference(self, a: str, b: str, statistic: str = "mean_abs", n_boot: int = 2000, seed: int = 0):
+        """Per-cell ``b - a`` of the two models' maps, paired over images (:func:`.maps.map_difference`)."""
+        from .maps import map_difference
+
+        if a not in self.maps or b not in self.maps:
+            raise ValueError("no maps in this run: compute it with InteractionSettings.maps()")
+        return map_difference(self.maps[a], self.maps[b], statistic, n_boot=n_boot, seed=seed)
+
     def precision_rows(self) -> List[Dict[str, Any]]:
         return [row for r in self._results.values() for row in r.precision_rows()]
 
     def save(self, folder: Union[str, os.PathLike]) -> List[Path]:
         folder = Path(folder)
         written = [r.save(folder / f"interactions_{safe_name(m)}.safetensors") for m, r in self._results.items()]
+        written += [mp.save(folder / f"maps_{safe_name(m)}.safetensors") for m, mp in self.maps.items()]
         return written + write_table(self.precision_rows(), folder / "interactions_precision")
 
     @classmethod
@@ -377,7 +412,10 @@ class InteractionStack(Mapping[str, ModelInteractions]):
             raise FileNotFoundError(f"no stacked interaction results (interactions_*.safetensors) in {folder}")
         order = found[0].metadata.get("models") or [r.model for r in found]
         found.sort(key=lambda r: order.index(r.model) if r.model in order else len(order))
-        return cls(found)
+        from .maps import InteractionMaps
+
+        maps = [InteractionMaps.load(f) for f in sorted(folder.glob("maps_*.safetensors"))]
+        return cls(found, {m.model: m for m in maps})
 
 
 # ======================================================================================== the pipeline
@@ -464,6 +502,23 @@ def _stack_model(spec, results: Mapping[int, SavableResult], imgs, settings, mod
     )
 
 
+def _maps(specs, per_model, imgs, settings: InteractionSettings) -> Dict[str, Any]:
+    """``{model: InteractionMaps}`` of a run on map pairs (else empty)."""
+    if settings.pair_rule != "map":
+        return {}
+    from .maps import InteractionMaps, maps_from_result
+
+    out = {}
+    for spec in specs:
+        kept = [(i, r) for i, r in sorted(per_model[spec.name].items()) if isinstance(r, InteractionResult)]
+        parts = [maps_from_result(r, settings.grid, model=spec.name, target=int(r.metadata["target"]),
+                                  n_contexts=int(r.n_samples.max())) for _, r in kept]
+        out[spec.name] = dataclasses.replace(InteractionMaps.stack(parts), metadata={
+            "settings": settings.fingerprint(), "image_ids": [imgs.names[i] for i, _ in kept],
+            "image_indices": [imgs.indices[i] for i, _ in kept]})
+    return out
+
+
 def _load_share(run: RunFolder, spec, imgs) -> Dict[int, SavableResult]:
     return {i: run.load_item(f"{safe_name(spec.name)}/img_{imgs.indices[i]:05d}") for i in range(len(imgs))}
 
@@ -524,9 +579,9 @@ def compute_interactions(
               for s in specs}
     _barrier(world)
     names = [s.name for s in specs]
-    stacked = [_stack_model(s, shares[s.name] if world == 1 else _load_share(run, s, imgs), imgs, settings, names)
-               for s in specs]
-    stack = InteractionStack(stacked)
+    per_model = {s.name: shares[s.name] if world == 1 else _load_share(run, s, imgs) for s in specs}
+    stack = InteractionStack([_stack_model(s, per_model[s.name], imgs, settings, names) for s in specs],
+                             _maps(specs, per_model, imgs, settings))
     if run is not None and rank == 0:
         stack.save(run.path)
         run.mark_complete(models=names, images=len(imgs))
