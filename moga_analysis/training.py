@@ -278,6 +278,16 @@ def _restore(checkpoint, config: TrainConfig, model, opt, sched, history, total:
     return int(state["step"]), state["history"]
 
 
+def _schedule(train_data, config: TrainConfig):
+    """``(images, labels, steps per epoch, total steps)`` of the (sub)set trained on."""
+    idx = _subset_indices(len(train_data[0]), config.subset, config.seed)
+    images, labels = train_data[0][idx], train_data[1][idx]
+    steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch: constant batch shape
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(images)} training images")
+    return images, labels, steps_per_epoch, max(1, math.ceil(config.epochs * steps_per_epoch))
+
+
 class _Batches:
     """Training batch ``step``: a seeded permutation per epoch, seeded augmentation per step."""
 
@@ -323,12 +333,7 @@ def train(
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    idx = _subset_indices(len(train_data[0]), config.subset, config.seed)
-    images, labels = train_data[0][idx], train_data[1][idx]
-    steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch: constant batch shape
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(images)} training images")
-    total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    images, labels, steps_per_epoch, total = _schedule(train_data, config)
     opt, sched = _optimizer(model, config, total)
     history: Dict[str, Any] = {"steps": [], "loss": [], "epochs": [], "config": config.to_dict(), "seconds": 0.0}
     step = 0
@@ -358,14 +363,19 @@ def train(
         if epoch_end and test_data is not None:
             _evaluate_epoch(model, test_data, config, history, step, steps_per_epoch)
         if checkpoint is not None and (epoch_end or step % config.checkpoint_every == 0 or step == stop):
-            history["seconds"] = history.get("seconds", 0.0) + (time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "step": step, "config": config.to_dict(),
-                                         "history": history})
+            t0 = _save_state(checkpoint, model, opt, sched, step, config, history, t0)
     history["seconds"] = history.get("seconds", 0.0) + (time.perf_counter() - t0)
     history.update(done=step >= total, total_steps=total, steps_per_epoch=steps_per_epoch)
     return history
+
+
+def _save_state(checkpoint, model, opt, sched, step: int, config: TrainConfig, history, t0: float) -> float:
+    """Write the resumable training state (time so far in the history); returns the new clock start."""
+    history["seconds"] = history.get("seconds", 0.0) + (time.perf_counter() - t0)
+    save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "step": step, "config": config.to_dict(),
+                                 "history": history})
+    return time.perf_counter()
 
 
 def _evaluate_epoch(model, test_data, config: TrainConfig, history, step: int, steps_per_epoch: int) -> None:

@@ -152,6 +152,13 @@ def _accumulate(model, x, y, plans, amp_dtype, acc: torch.Tensor, chunk: Optiona
     return chunk
 
 
+def _plans(model: nn.Module, specs: Sequence[AblationSpec], calibration: Mapping[str, Any]) -> list:
+    for s in specs:
+        if s.mode == "mean" and s.kind not in calibration:
+            raise ValueError(f"{s.name} needs calibration means for {s.kind!r} (see calibrate())")
+    return [s.plan(model, calibration.get(s.kind)) for s in specs]
+
+
 def evaluate_ablations(
     model: nn.Module,
     loader: Iterable,
@@ -181,11 +188,7 @@ def evaluate_ablations(
 
     specs = tuple(specs)
     device = model_device(model)
-    calibration = dict(calibration or {})
-    for s in specs:
-        if s.mode == "mean" and s.kind not in calibration:
-            raise ValueError(f"{s.name} needs calibration means for {s.kind!r} (see calibrate())")
-    plans = [s.plan(model, calibration.get(s.kind)) for s in specs]
+    plans = _plans(model, specs, dict(calibration or {}))
     acc = torch.zeros(len(specs), len(STAT_COLUMNS), dtype=torch.float64, device=device)
     if initial is not None:
         acc += initial.to(device=device, dtype=torch.float64)

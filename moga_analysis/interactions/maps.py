@@ -402,23 +402,13 @@ def interaction_maps(
     """
     if method not in ("shared", "independent", "exact"):
         raise ValueError(f"unknown method {method!r}; choose 'shared', 'independent' or 'exact'")
-    if isinstance(images, torch.Tensor):
-        images = images.unbind(0) if images.dim() == 4 else [images]
-    imgs = list(images)
-    if not imgs:
-        raise ValueError("no images given")
+    imgs, tlist, idx_list = _map_inputs(images, targets, image_indices)
     X = len(imgs)
-    tlist = _targets_list(targets, X)
-    idx_list = list(range(X)) if image_indices is None else [int(i) for i in image_indices]
-    if len(idx_list) != X:
-        raise ValueError(f"{len(idx_list)} image indices for {X} images")
     n = int(grid) ** 2
     b = _normal_bands(bands)
     pairs = map_pairs(grid, radius, neighbourhood)
     ords = map_orders(n, b, ratios) if orders is None else sorted({int(m) for m in orders})
     name = model_name or _model_name(model)
-    if model.training:
-        log.warning("interaction_maps: the model is in training mode; call model.eval() first")
     game_kw = dict(grid=grid, baseline=baseline, output=output, batch_size=batch_size)
     parts = [_image_maps(model, imgs[x], tlist[x], game_kw, pairs, ords, b, method, n_contexts,
                          image_seed(seed, idx_list[x]), name, progress)
@@ -431,6 +421,19 @@ def interaction_maps(
     )  # fmt: skip
     meta = _run_metadata(model, settings, idx_list, image_ids)
     return dataclasses.replace(InteractionMaps.stack(parts), metadata=meta)
+
+
+def _map_inputs(images, targets, image_indices):
+    """``(images, targets, image indices)`` as lists of one entry per image."""
+    if isinstance(images, torch.Tensor):
+        images = images.unbind(0) if images.dim() == 4 else [images]
+    imgs = list(images)
+    if not imgs:
+        raise ValueError("no images given")
+    idx_list = list(range(len(imgs))) if image_indices is None else [int(i) for i in image_indices]
+    if len(idx_list) != len(imgs):
+        raise ValueError(f"{len(idx_list)} image indices for {len(imgs)} images")
+    return imgs, _targets_list(targets, len(imgs)), idx_list
 
 
 def _image_maps(model, image, target, game_kw, pairs, orders, bands, method, n_contexts, seed, name, progress):
