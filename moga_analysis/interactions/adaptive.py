@@ -195,7 +195,7 @@ def estimate_adaptive(
     progress: bool = False,
     pilot: str = "auto",
     safety: float = 1.1,
-    pilot_fraction: float = 0.15,
+    pilot_fraction: float = 0.2,
     max_pilot_ratio: float = 0.35,
     pilot_rounds: int = 2,
 ) -> InteractionResult:
@@ -262,6 +262,7 @@ def estimate_adaptive(
     reuse = pilot == "reuse"
     K = min(_FOLDS, P) if reuse else 1
     fold_of = torch.arange(P) % K
+    everyone = [torch.arange(P)]
     fold_pairs = [(fold_of == f).nonzero().flatten() for f in range(K)]
 
     # ---- exact end orders and the first pilot round: rows built before anything is evaluated
@@ -277,12 +278,12 @@ def estimate_adaptive(
         offset += len(rows)
     endpoint_evals = offset
 
-    def pilot_plan(needs: Dict[int, int]):
-        """Rows and sample indices of ``needs[o]`` more pilot contexts per pair (fold by fold)."""
+    def pilot_plan(needs: Dict[int, int], groups):
+        """Rows and sample indices of ``needs[o]`` more contexts per pair, drawn separately for each
+        group of pairs (shared within a group)."""
         blocks, plans, off = [], [], 0
         for o, k in needs.items():
-            for f in range(K):
-                members = fold_pairs[f]
+            for members in groups:
                 need = torch.full((len(members),), k, dtype=torch.long)
                 rows, idx, local = _shared_samples(n, pairs[members], order_list[o], need, gen_pilot)
                 plans.append((o, tuple(t + off for t in idx), members[local], len(rows)))
@@ -290,17 +291,16 @@ def estimate_adaptive(
                 off += len(rows)
         return blocks, plans, off
 
-    def run_pilot(blocks, plans, v):
+    def run_pilot(store, plans, v):
         for o, (a, b, c, d), pair_of, _ in plans:
-            pilots[o].add(v[a] - v[b] - v[c] + v[d], pair_of)
+            store[o].add(v[a] - v[b] - v[c] + v[d], pair_of)
 
-    blocks, plans, pilot_rows = pilot_plan({o: k_pilot for o in inner})
+    blocks, plans, pilot_rows = pilot_plan({o: k_pilot for o in inner}, everyone)
     # evaluations per (sample per pair) at each order, from the pilot's plan
     cost_per_k = {o: 0.0 for o in inner}
     for o, _, _, r in plans:
         cost_per_k[o] += r / k_pilot
-    # the main stage of discard mode needs >= min_contexts; reuse mode's pilot counts towards it
-    min_main = sum(cost_per_k[o] * (k_min if not reuse else max(k_min - k_pilot, 0)) for o in inner)
+    min_main = sum(cost_per_k[o] * k_min for o in inner)  # the main stage's minimum (discard mode)
     if budget is not None and endpoint_evals + pilot_rows + min_main > budget:
         need = int(math.ceil(endpoint_evals + pilot_rows + 1.05 * min_main))
         raise ValueError(
@@ -319,7 +319,7 @@ def estimate_adaptive(
         values[o] = (v[a] - v[b] - v[c] + v[d])[:, 0]
         halves[:, o] = values[o]
     pilots = {o: _Samples(P) for o in inner}
-    run_pilot(blocks, plans, v[endpoint_evals:])
+    run_pilot(pilots, plans, v[endpoint_evals:])
     pilot_evals = pilot_rows
 
     # ---- planning
@@ -334,11 +334,12 @@ def estimate_adaptive(
             out[o] = ls - ls.mean()
         return out
 
-    def plan_needs():
-        """need[o]: real-valued samples per pair [P] (before safety); ratio[o]: the pilot's noise
-        ratio; signal[o]: the pilot's debiased mean |I| (for the pairs of fold f computed without
-        fold f at order o in reuse mode)."""
-        stats = {o: pilots[o].stats() for o in inner}
+    def plan_needs(store, cross_fit: bool):
+        """need[o]: real-valued samples per pair [P] (before safety); ratio[o]: the noise ratio of
+        ``store``; signal[o]: its debiased mean |I|.  ``cross_fit``: the numbers for the pairs of
+        fold f come only from the other folds at that order and from the other orders."""
+        folds = K if cross_fit else 1
+        stats = {o: store[o].stats() for o in inner}
         spread = log_spread(stats) if allocation == "orders+pairs" else None
         need, ratio, signal = {}, {}, {}
         if not inner:
@@ -347,7 +348,7 @@ def estimate_adaptive(
         mean = torch.stack([stats[o][1] for o in inner])
         s = torch.stack([stats[o][2] for o in inner]).sqrt()
         se = s / count.sqrt()
-        uses = [fold_of != f if K > 1 else torch.ones(P, dtype=torch.bool) for f in range(K)]
+        uses = [fold_of != f if folds > 1 else torch.ones(P, dtype=torch.bool) for f in range(folds)]
         # the signal seen by fold f: every order at once, from the other folds' pairs
         A_fold = [deconvolved_mean_abs(mean[:, u], se[:, u]) for u in uses]  # K x [O_in]
         for i, o in enumerate(inner):
@@ -355,12 +356,13 @@ def estimate_adaptive(
             signal[o] = torch.zeros(P, dtype=torch.float64)
             if spread is not None:
                 others = [spread[q] for q in inner if q != o]
-                if reuse:  # a pair's relative sigma from the other orders only
+                if cross_fit:  # a pair's relative sigma from the other orders only
                     rel = torch.stack(others).mean(0).exp() if others else torch.ones(P, dtype=torch.float64)
                 else:
                     rel = torch.stack(others + [spread[o]]).mean(0).exp()
-            for f in range(K):
-                use, mine = uses[f], fold_of == f
+            for f in range(folds):
+                use = uses[f]
+                mine = fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
                 A = float(A_fold[f][i])
                 sigma_bar = float((s[i, use] / _c4(count[i, use])).mean())
                 target_floor = tau * A / _SQRT_2_PI  # required mean_p sigma_p / sqrt(k_p)
@@ -376,7 +378,7 @@ def estimate_adaptive(
             ratio[o] = float(_SQRT_2_PI * se[i].mean()) / a_all if a_all > 0 else float("inf")
         return need, ratio, signal
 
-    need, pratio, psignal = plan_needs()
+    need, pratio, psignal = plan_needs(pilots, False)
     rounds = 0
     if not reuse:  # more pilot where it is too weak to plan from (planning data only)
         spare = 0 if budget is None else max(budget - endpoint_evals - pilot_evals, 0)
@@ -397,22 +399,34 @@ def estimate_adaptive(
                     ext = {o: e for o, e in ext.items() if e >= 2}
             if not ext:
                 break
-            blocks, plans, rows_n = pilot_plan(ext)
+            blocks, plans, rows_n = pilot_plan(ext, everyone)
             if budget is not None and endpoint_evals + pilot_evals + rows_n + min_main > budget:
                 break  # the plan came out larger than estimated: keep the budget for the main stage
-            run_pilot(blocks, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
+            run_pilot(pilots, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
             pilot_evals += rows_n
             rounds += 1
-            need, pratio, psignal = plan_needs()
+            need, pratio, psignal = plan_needs(pilots, False)
+    scout_need = {o: float(need[o].mean()) for o in inner}
+
+    # ---- reuse mode: a cross-fitted pilot, sized from the planning-only pilot above, that is part
+    # of the estimate; the main stage is planned from it alone
+    reused = {o: _Samples(P) for o in inner}
+    reused_evals = 0
+    if reuse and inner:
+        sizes = {o: int(min(max(math.ceil(pilot_fraction * scout_need[o]), k_min), k_max)) for o in inner}
+        gen_pilot = torch.Generator().manual_seed(_derived_seed(seed, 2))
+        blocks, plans, reused_evals = pilot_plan(sizes, fold_pairs)
+        run_pilot(reused, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
+        need, pratio, psignal = plan_needs(reused, True)
 
     # ---- main stage: fresh contexts, sizes fixed above
-    pilot_count = {o: pilots[o].stats()[0] for o in inner}
+    pilot_count = {o: reused[o].stats()[0] for o in inner}
 
     def allocate(scale: float, floor_min: int) -> Dict[int, torch.Tensor]:
         out = {}
         for o in inner:
             k = torch.ceil(need[o] * safety * scale)
-            if reuse:  # total samples per pair; the pilot's count towards it
+            if reuse:  # total samples per pair; the cross-fitted pilot's count towards it
                 lo = max(floor_min, int(pilot_count[o].min()))
                 total = k.clamp(lo, max(k_max, lo)).long()
                 out[o] = (total - pilot_count[o]).clamp_min(0)
@@ -467,7 +481,7 @@ def estimate_adaptive(
         alloc = allocate(scale, floor_min)
         main, total = build(alloc)
     for o in _progress(inner, enabled=progress and len(inner) > 1, desc="adaptive main", leave=False, unit="order"):
-        samples = pilots[o] if reuse else _Samples(P)
+        samples = reused[o]  # empty in discard mode
         if main[o] is not None:
             r, (a, b, c, d), pair_of = main[o]
             vo = _evaluate(game, r, batch_size, False, "adaptive main")
@@ -488,11 +502,11 @@ def estimate_adaptive(
     capped_orders = [order_list[o] for o in inner if float((need[o] * safety * scale).max()) > k_max]
     planned, pilot_k, pilot_A = [0.0] * O, [0] * O, [float(signal[o]) for o in range(O)]
     for o in inner:
-        count, _, var = pilots[o].stats()
-        pilot_k[o] = int(pilot_count[o].min())
+        count, _, var = (reused if reuse else pilots)[o].stats()
+        pilot_k[o] = int(pilots[o].stats()[0].min())
         A = float(psignal[o].mean())
         pilot_A[o] = A
-        sig = var.sqrt() / _c4(pilot_count[o])
+        sig = var.sqrt() / _c4(count)
         k_est = per_pair[o].double() if reuse else alloc[o].double()
         planned[o] = float(_SQRT_2_PI * (sig / k_est.sqrt()).mean() / A) if A > 0 else float("inf")
     if missed:
@@ -516,6 +530,8 @@ def estimate_adaptive(
         capped_orders=capped_orders,
         endpoint_evaluations=int(endpoint_evals),
         pilot_evaluations=int(pilot_evals),
+        reused_pilot_contexts_per_order=[int(pilot_count[o].min()) if o in inner else 0 for o in range(O)],
+        reused_pilot_evaluations=int(reused_evals),
         main_evaluations=int(main_evals),
         pilot_rounds=rounds,
         max_evaluations=budget,
@@ -535,7 +551,7 @@ def estimate_adaptive(
         stderr=stderr,
         half_values=halves,
         n_samples=n_samples,
-        n_evaluations=int(endpoint_evals + pilot_evals + main_evals),
+        n_evaluations=int(endpoint_evals + pilot_evals + reused_evals + main_evals),
         n_players=n,
         method="adaptive",
         seed=int(seed),

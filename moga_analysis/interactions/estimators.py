@@ -99,19 +99,18 @@ class InteractionResult(SavableResult):
         return deconvolved_mean_abs(self.values, self.stderr)
 
 
-def _npmle_scaled(x, s, noisy, alpha: float, grid_size: int, iterations: int):
-    """NPMLE of G for theta_p = I_p / s_p^alpha (x_p ~ N(s_p^alpha theta_p, s_p^2)), by EM on a grid.
+def _npmle_scaled(x, s, c, noisy, grid_size: int, iterations: int):
+    """NPMLE of G for theta_p = I_p / c_p (x_p ~ N(c_p theta_p, s_p^2)), by EM on a grid, per row.
 
-    Returns (mean log-likelihood per noisy pair up to a constant shared by all alpha,
+    Returns (mean log-likelihood per noisy pair, up to a constant that does not depend on c;
     posterior mean of |I_p| [B, P])."""
-    c = s**alpha  # scale of the prior for pair p
-    u = torch.where(noisy, x / c, torch.zeros_like(x))  # = z_p * s_p^(1-alpha): the grid's range
+    u = torch.where(noisy, x / c, torch.zeros_like(x))  # the grid spans the theta the data point at
     lo, hi = u.amin(-1).clamp(max=0.0), u.amax(-1).clamp(min=0.0)
     t = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64)
     grid = torch.cat([lo[:, None] + (hi - lo)[:, None] * t, torch.zeros_like(lo)[:, None]], 1)  # [B, G]
     logL = -0.5 * ((x[..., None] - c[..., None] * grid[:, None, :]) / s[..., None]) ** 2
     top = logL.amax(-1, keepdim=True)
-    L = (logL - top).exp()  # [B, P, G]; the 1/s_p factor is the same for every alpha
+    L = (logL - top).exp()  # [B, P, G]; the 1/s_p factor does not depend on c
     weight = noisy.double() / noisy.sum(-1, keepdim=True)  # the mean over noisy pairs
     w = torch.full(grid.shape, 1.0 / grid.shape[1], dtype=torch.float64)
     for _ in range(int(iterations)):
@@ -161,15 +160,12 @@ def deconvolved_mean_abs(
         nr = noisy[rows]
         sr = torch.where(nr, s[rows], torch.ones_like(s[rows]))
         xr = torch.where(nr, x[rows], torch.zeros_like(sr))
-        best_ll, best = None, None
-        for alpha in alphas:
-            ll, post_abs = _npmle_scaled(xr, sr, nr, float(alpha), grid_size, iterations)
-            if best is None:
-                best_ll, best = ll, post_abs
-            else:
-                better = ll > best_ll + 1e-12
-                best = torch.where(better[:, None], post_abs, best)
-                best_ll = torch.where(better, ll, best_ll)
+        A, B = len(alphas), len(rows)
+        # every alpha at once: rows stacked alpha-major
+        c = torch.cat([sr ** float(a) for a in alphas])
+        ll, post_abs = _npmle_scaled(xr.repeat(A, 1), sr.repeat(A, 1), c, nr.repeat(A, 1), grid_size, iterations)
+        pick = ll.view(A, B).argmax(0)  # the first of equal likelihoods
+        best = post_abs.view(A, B, -1)[pick, torch.arange(B)]
         out[rows] += torch.where(nr, best, torch.zeros_like(best)).sum(-1)
     return (out / x.shape[-1]).reshape(lead)
 

@@ -1,0 +1,331 @@
+"""estimate_adaptive: precision target, unbiasedness, honest stderr, budget cap, reproducibility;
+the noise-corrected mean |I|; the reference protocol unchanged; the benchmark's quick mode."""
+
+import math
+
+import pytest
+import torch
+
+from moga_analysis.interactions import (
+    REFERENCE_RATIOS,
+    HarsanyiGame,
+    InteractionResult,
+    estimate_adaptive,
+    estimate_interactions,
+    exact_interactions,
+    orders_from_ratios,
+    reference_pairs,
+)
+from moga_analysis.interactions.estimators import deconvolved_mean_abs
+
+SQRT_2_PI = math.sqrt(2 / math.pi)
+
+
+@pytest.fixture(scope="module")
+def game196():
+    n = 196
+    pairs = reference_pairs(14, 20, generator=torch.Generator().manual_seed(1))
+    g = HarsanyiGame.random(n, 150, max_size=5, seed=2, must_include=pairs.tolist())
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    return g, n, pairs, orders, g.interactions(pairs, orders)
+
+
+def noisy(g, noise, seed):
+    return HarsanyiGame(g.coalitions, g.dividends, noise=noise, generator=torch.Generator().manual_seed(seed))
+
+
+class SizeNoiseGame:
+    """v(S) = sum over pairs (i,j) inside S of a_ij, plus N(0, sd(|S|)^2) noise per evaluation:
+    I^(m)(i,j) = a_ij at every order, and Delta has variance sd(m)^2 + 2 sd(m+1)^2 + sd(m+2)^2."""
+
+    def __init__(self, n, pairs, a, sd, seed=0):
+        self.n, self.pairs, self.a, self.sd = n, pairs, a, sd
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, masks):
+        m = masks.double()
+        v = (m[:, self.pairs[:, 0]] * m[:, self.pairs[:, 1]]) @ self.a
+        return v + self.sd(masks.sum(1).double()) * torch.randn(len(v), generator=self.gen, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------ the precision target
+@pytest.mark.parametrize("allocation", ["orders", "orders+pairs"])
+@pytest.mark.parametrize("pilot", ["reuse", "discard"])
+def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
+    n = 100
+    pairs = reference_pairs(10, 24, generator=torch.Generator().manual_seed(3))
+    a = torch.randn(len(pairs), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sd = lambda size: 0.4 + 2.0 * torch.sin(math.pi * size / n)  # noisy middle orders
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    tau = 0.15
+    r = estimate_adaptive(SizeNoiseGame(n, pairs, a, sd), n, pairs, orders, target_noise=tau, seed=5,
+                          allocation=allocation, pilot=pilot)
+    md = r.metadata
+    ratio = torch.tensor(md["noise_ratio"], dtype=torch.float64)
+    assert torch.allclose(ratio, r.noise_ratio())
+    inner = slice(1, -1)
+    # every order within 20 % of the target (the pilot's estimate of the signal is a few % off at
+    # each order), most of them meeting it
+    assert float(ratio[inner].max()) < 1.2 * tau
+    assert sum(md["target_met"]) >= len(orders) // 2
+    assert md["missed_orders"] == [m for m, ok in zip(orders, md["target_met"]) if not ok]
+    # the contexts follow the known need (variance of Delta over its mean |I|): ~7x more in the middle
+    var = torch.tensor([float(sd(torch.tensor(float(m)))) ** 2 + 2 * float(sd(torch.tensor(m + 1.0))) ** 2
+                        + float(sd(torch.tensor(m + 2.0))) ** 2 for m in orders])
+    need = (SQRT_2_PI * var.sqrt() / (tau * a.abs().mean())) ** 2
+    k = torch.tensor(md["contexts_per_order"])
+    rel = (k[inner] / need[inner]).log()
+    assert float(rel.abs().max()) < math.log(1.6), (k, need)
+    assert float(need[inner].max() / need[inner].min()) > 5
+    # the estimate is right: the truth is a_ij at every order
+    z = (r.values[inner] - a) / r.stderr[inner]
+    assert float((z**2).mean()) < 1.5
+    assert md["pilot_mode"] == pilot and md["allocation"] == allocation
+    parts = ("endpoint_evaluations", "pilot_evaluations", "reused_pilot_evaluations", "main_evaluations")
+    assert r.n_evaluations == sum(md[k] for k in parts)
+
+
+def test_cheaper_than_uniform_contexts_for_the_same_worst_order(game196):
+    """On a game whose need differs between orders, adaptive allocation reaches the worst-order
+    precision of the uniform shared estimator with fewer evaluations."""
+    n = 100
+    pairs = reference_pairs(10, 24, generator=torch.Generator().manual_seed(3))
+    a = torch.randn(len(pairs), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sd = lambda size: 0.4 + 2.0 * torch.sin(math.pi * size / n)
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    r = estimate_adaptive(SizeNoiseGame(n, pairs, a, sd, seed=1), n, pairs, orders, target_noise=0.15, seed=2)
+    k_u = int(max(r.metadata["contexts_per_order"]))
+    u = estimate_interactions(SizeNoiseGame(n, pairs, a, sd, seed=1), n, pairs, orders, k_u, method="shared", seed=2)
+    w_a, w_u = float(r.noise_ratio().max()), float(u.noise_ratio().max())
+    assert r.n_evaluations * w_a**2 < 0.8 * u.n_evaluations * w_u**2
+
+
+# -------------------------------------------------------------------------------- unbiasedness, stderr
+def seed_t(errors):
+    """t statistic of the mean of per-seed errors [S, ...] (each seed's mean over the rest): the
+    pairs of one run share contexts, so only the seeds are independent."""
+    u = errors.flatten(1).mean(1)
+    return float(u.mean() / (u.std() / math.sqrt(len(u))))
+
+
+@pytest.mark.parametrize("allocation,pilot", [("orders+pairs", "reuse"), ("orders", "discard")])
+def test_unbiased_over_seeds_at_n196(game196, allocation, pilot):
+    g, n, pairs, orders, truth = game196
+    runs = [estimate_adaptive(noisy(g, 0.3, 100 + s), n, pairs, orders, target_noise=0.3, seed=s,
+                              allocation=allocation, pilot=pilot) for s in range(12)]
+    values = torch.stack([r.values for r in runs])[:, 1:-1]
+    var = torch.stack([r.stderr**2 for r in runs])[:, 1:-1]
+    err = values - truth[1:-1]
+    assert abs(seed_t(err / var.sqrt())) < 4
+    for o in range(err.shape[1]):  # no order is off either
+        assert abs(seed_t(err[:, o])) < 4.5
+    z = err.mean(0) / (var.sum(0).sqrt() / len(runs))
+    assert 0.6 < float((z**2).mean()) < 1.5
+    # honest variance: squared errors against the stderr^2 the runs report
+    assert 0.8 < float((err**2).mean() / var.mean()) < 1.25
+
+
+def test_unbiased_over_seeds_at_small_n():
+    n = 8
+    pairs = torch.tensor([[0, 1], [2, 5], [3, 7], [4, 6], [1, 6], [0, 7]])
+    g = HarsanyiGame.random(n, 20, max_size=5, seed=7, must_include=pairs.tolist(), scale=2.0)
+    truth = exact_interactions(g, n, pairs).values
+    orders = list(range(n - 1))
+    errs, var = [], []
+    for s in range(50):
+        r = estimate_adaptive(noisy(g, 0.5, s), n, pairs, orders, target_noise=0.25, seed=s, pilot_contexts=6)
+        errs.append((r.values - truth)[1:-1])
+        var.append((r.stderr**2)[1:-1])
+    err, var = torch.stack(errs), torch.stack(var)
+    assert abs(seed_t(err / var.sqrt())) < 4
+    assert 0.8 < float((err**2).mean() / var.mean()) < 1.25
+
+
+def test_stderr_calibrated_at_n196(game196):
+    g, n, pairs, orders, truth = game196
+    zs = []
+    for seed in range(2):
+        r = estimate_adaptive(noisy(g, 0.3, 9 + seed), n, pairs, orders, target_noise=0.15, seed=seed,
+                              min_contexts=30)
+        inner = r.stderr > 0
+        assert not inner[0].any() and not inner[-1].any() and inner[1:-1].all()
+        zs.append(((r.values - truth) / r.stderr)[inner])
+    z = torch.cat(zs)
+    assert 0.8 < float((z**2).mean()) < 1.25
+    assert abs(float(z.mean())) < 0.15
+    assert float((z.abs() > 4).float().mean()) < 0.005
+
+
+def test_endpoint_orders_exact(game196):
+    g, n, pairs, orders, truth = game196
+    r = estimate_adaptive(g, n, pairs, [0, 40, n - 2], target_noise=0.3, seed=0)
+    torch.testing.assert_close(r.values[[0, 2]], g.interactions(pairs, [0, n - 2]), rtol=0, atol=1e-12)
+    assert torch.equal(r.stderr[[0, 2]], torch.zeros(2, len(pairs), dtype=torch.float64))
+    assert r.n_samples[0] == 1 and r.n_samples[2] == 1
+    assert r.metadata["noise_ratio"][0] == 0.0 and r.metadata["target_met"][0]
+
+
+@pytest.mark.parametrize("pilot", ["reuse", "discard"])
+def test_split_halves_stay_unbiased_for_the_mean_square(game196, pilot):
+    g, n, pairs, orders, truth = game196
+    mid = [orders[4], orders[6], orders[8]]
+    t2 = (g.interactions(pairs, mid) ** 2).mean(1)
+    raw, unb, noise_var = [], [], []
+    for seed in range(16):
+        r = estimate_adaptive(noisy(g, 2.0, 40 + seed), n, pairs, mid, target_noise=0.5, seed=seed, pilot=pilot)
+        assert r.samples_per_pair is not None  # per-pair allocation: halves of unequal length
+        raw.append(r.mean_square_raw())
+        unb.append(r.mean_square_unbiased())
+        noise_var.append((r.stderr**2).mean(1))
+    raw, unb, noise_var = torch.stack(raw), torch.stack(unb), torch.stack(noise_var).mean(0)
+    # the raw mean square carries the estimation noise; the product of the halves does not
+    assert seed_t((raw - t2) / noise_var) > 4
+    assert abs(seed_t(unb - t2)) < 3.5
+    torch.testing.assert_close(raw.mean(0) - t2, noise_var, rtol=0.5, atol=0)
+
+
+# --------------------------------------------------------------------------------------------- budget
+def test_budget_cap_respected_and_reported(game196, caplog):
+    g, n, pairs, orders, _ = game196
+    free = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard")
+    cap = int(0.6 * free.n_evaluations)
+    with caplog.at_level("WARNING", logger="moga_analysis.interactions.adaptive"):
+        r = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, max_evaluations=cap)
+    md = r.metadata
+    assert r.n_evaluations <= cap and md["max_evaluations"] == cap
+    assert md["budget_capped"] and 0 < md["budget_scale"] < 1 and md["pilot_mode"] == "discard"
+    assert md["missed_orders"] and "budget was capped" in caplog.text
+    # the scale is shared: the planned ratio is about equal over the orders the cap binds
+    planned = torch.tensor(md["planned_noise_ratio"][1:-1])
+    assert float(planned.max() / planned.median()) < 1.3
+    # a cap that does not bind changes nothing but the report
+    loose = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3,
+                              max_evaluations=10 * free.n_evaluations)
+    assert torch.equal(loose.values, free.values) and not loose.metadata["budget_capped"]
+
+
+def test_budget_too_small_and_mode_errors(game196):
+    g, n, pairs, orders, _ = game196
+    with pytest.raises(ValueError, match="too small"):
+        estimate_adaptive(g, n, pairs, orders, max_evaluations=1000)
+    with pytest.raises(ValueError, match="pilot='discard'"):
+        estimate_adaptive(g, n, pairs, orders, max_evaluations=10**6, pilot="reuse")
+    with pytest.raises(ValueError, match="two pairs"):
+        estimate_adaptive(g, n, pairs[:1], orders, pilot="reuse")
+    with pytest.raises(ValueError, match="allocation"):
+        estimate_adaptive(g, n, pairs, orders, allocation="pairs")
+    with pytest.raises(ValueError, match=">= 2"):
+        estimate_adaptive(g, n, pairs, orders, pilot_contexts=1)
+    one = estimate_adaptive(noisy(g, 0.3, 0), n, pairs[:1], orders[:4], target_noise=0.3)
+    assert one.metadata["pilot_mode"] == "discard" and one.metadata["folds"] == 1
+
+
+# ----------------------------------------------------------------------------------- reproducibility
+@pytest.mark.parametrize("pilot", ["reuse", "discard"])
+def test_same_seed_bit_identical(game196, pilot):
+    g, n, pairs, orders, _ = game196
+    gi = HarsanyiGame(g.coalitions, g.dividends.round())  # integer values: sums exact in any batching
+    a = estimate_adaptive(noisy(g, 0.3, 5), n, pairs, orders, target_noise=0.2, seed=11, pilot=pilot)
+    b = estimate_adaptive(noisy(g, 0.3, 5), n, pairs, orders, target_noise=0.2, seed=11, pilot=pilot)
+    for f in ("values", "stderr", "half_values", "n_samples"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert a.metadata == b.metadata and a.n_evaluations == b.n_evaluations
+    c = estimate_adaptive(gi, n, pairs, orders, target_noise=0.2, seed=11, pilot=pilot)
+    d = estimate_adaptive(gi, n, pairs, orders, target_noise=0.2, seed=11, pilot=pilot, batch_size=333)
+    assert torch.equal(c.values, d.values) and torch.equal(c.stderr, d.stderr) and c.metadata == d.metadata
+    e = estimate_adaptive(gi, n, pairs, orders, target_noise=0.2, seed=12, pilot=pilot)
+    assert not torch.equal(c.values, e.values)
+
+
+def test_saved_result_roundtrip_and_old_files(tmp_path, game196):
+    from moga_analysis.results import save_tensors
+
+    g, n, pairs, orders, _ = game196
+    r = estimate_adaptive(noisy(g, 0.3, 2), n, pairs, orders[:5], target_noise=0.3, seed=0)
+    r.save(tmp_path / "a.safetensors")
+    back = InteractionResult.load(tmp_path / "a.safetensors")
+    assert back.method == "adaptive" and back.metadata == r.metadata
+    for f in ("values", "stderr", "half_values", "n_samples"):
+        assert torch.equal(getattr(back, f), getattr(r, f))
+    assert (back.samples_per_pair is None) == (r.samples_per_pair is None)
+    if r.samples_per_pair is not None:
+        assert torch.equal(back.samples_per_pair, r.samples_per_pair)
+    # a file written before samples_per_pair existed
+    s = estimate_interactions(g, n, pairs, orders[:3], 4, seed=0)
+    tensors = {k: getattr(s, k) for k in ("orders", "pairs", "values", "stderr", "half_values", "n_samples")}
+    meta = {"__class__": "InteractionResult", "n_evaluations": s.n_evaluations, "n_players": n,
+            "method": "shared", "seed": 0, "metadata": {}}
+    save_tensors(tmp_path / "old.safetensors", tensors, meta)
+    old = InteractionResult.load(tmp_path / "old.safetensors")
+    assert old.samples_per_pair is None and torch.equal(old.values, s.values)
+
+
+def test_reference_protocol_unchanged():
+    """Golden numbers of estimate_interactions from before the shared plan took per-pair counts
+    (integer game, so exact): the reference protocol and shared contexts are bit-identical."""
+    n = 196
+    pairs = reference_pairs(14, 10, generator=torch.Generator().manual_seed(7))
+    g = HarsanyiGame.random(n, 120, max_size=5, seed=3, must_include=pairs.tolist())
+    g = HarsanyiGame(g.coalitions, (g.dividends * 4).round())
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    golden = {"shared": (2204, -2361, -185753, 304773, -337333), "independent": (2702, -2486, -199064, 303590, -354804)}
+    for method, want in golden.items():
+        a = estimate_interactions(g, n, pairs, orders, 6, method=method, seed=21)
+        iv = (a.values * 6).round().long()
+        w = torch.arange(1, 1 + iv.numel()).view_as(iv)
+        h = (a.half_values * 3).round().long()
+        got = (a.n_evaluations, int(iv.sum()), int((iv * w).sum()), int((iv.abs() * w).sum()),
+               int((h * torch.arange(1, 1 + h.numel()).view_as(h)).sum()))
+        assert got == want, method
+
+
+# ---------------------------------------------------------------------- the noise-corrected mean |I|
+def test_deconvolved_mean_abs_on_synthetic_estimates():
+    g = torch.Generator().manual_seed(0)
+    B, P = 30, 50
+    mu = torch.distributions.Laplace(0.0, 1.0).sample((B, P)).double()
+    A = mu.abs().mean(-1)
+    s = (torch.rand(B, P, generator=g, dtype=torch.float64) + 0.5)
+    s = s / s.mean(-1, keepdim=True) * 0.5 * A[:, None] / SQRT_2_PI  # noise floor = half the signal
+    x = mu + s * torch.randn(B, P, generator=g, dtype=torch.float64)
+    raw_bias = float((x.abs().mean(-1) / A).mean() - 1)
+    d = deconvolved_mean_abs(x, s)
+    assert d.shape == (B,)
+    bias = float((d / A).mean() - 1)
+    assert raw_bias > 0.12 and abs(bias) < 0.05
+    # exact entries pass through, shapes broadcast over leading dims
+    torch.testing.assert_close(deconvolved_mean_abs(x[:2], torch.zeros_like(x[:2])), x[:2].abs().mean(-1))
+    assert deconvolved_mean_abs(x.view(3, 10, P), s.view(3, 10, P)).shape == (3, 10)
+
+
+def test_debiased_mean_abs_against_closed_form_with_noise(game196):
+    g, n, pairs, orders, truth = game196
+    mid = orders[3:10]
+    true_abs = g.interactions(pairs, mid).abs().mean(1)
+    raw, deb = [], []
+    for seed in range(4):
+        r = estimate_interactions(noisy(g, 1.5, 60 + seed), n, pairs, mid, 12, method="shared", seed=seed)
+        raw.append(r.mean_abs())
+        deb.append(r.mean_abs_debiased())
+    raw, deb = torch.stack(raw).mean(0), torch.stack(deb).mean(0)
+    raw_err = (raw / true_abs - 1).abs()
+    deb_err = (deb / true_abs - 1).abs()
+    assert float(raw_err.mean()) > 0.15  # the noise floor is a good part of the raw mean |I| here
+    assert float(deb_err.mean()) < 0.5 * float(raw_err.mean())
+    assert float(deb_err.max()) < 0.2
+
+
+# -------------------------------------------------------------------------------------- the benchmark
+def test_bench_adaptive_quick_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_adaptive.py"
+    spec = importlib.util.spec_from_file_location("bench_adaptive", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--quick", "--threads", "1"])
+    methods = [r["method"] for r in rows]
+    assert any(m.startswith("(a)") for m in methods) and any(m.startswith("(c)") for m in methods)
+    assert all(r["evals"] > 0 and r["secs"] > 0 for r in rows)
+
