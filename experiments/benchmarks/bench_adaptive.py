@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--target-noise", type=float, default=0.25)
     p.add_argument("--allocation", default="orders+pairs", choices=["orders", "orders+pairs"])
-    p.add_argument("--pilot-contexts", type=int, default=16)
+    p.add_argument("--pilot-contexts", type=int, default=8)
     p.add_argument("--max-contexts", type=int, default=1024)
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last", "auto"])
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", default=None,
                    help="order ratios of our estimators (default: the 13 reference ratios; the reference code "
                         "always runs its own 13)")
-    p.add_argument("--no-uniform", action="store_true", help="skip (a) and (b) (adaptive and reference only)")
+    p.add_argument("--no-uniform", action="store_true",
+                   help="do not run (a) and (b): count their evaluations for k_u (no times)")
     p.add_argument("--quick", action="store_true", help="tiny settings (< 1 min): FMNIST model, grid 4, 4 pairs")
     return p
 
@@ -203,6 +204,10 @@ def ratio_of_samples(deltas):
     return out
 
 
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import moga_analysis  # noqa: F401
@@ -265,14 +270,23 @@ def main(argv=None):
                                                  allocation=args.allocation, pilot_contexts=args.pilot_contexts,
                                                  max_contexts=args.max_contexts)
                     times["c"].append(time.perf_counter() - t0)
+                    _note(f"(c) adaptive: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "
+                          f"{worst_ratio(res['c']):.3f}, contexts {res['c'].metadata['contexts_per_order']}")
                     if k_u is None:
                         k_u = uniform_need(res["c"], worst_ratio(res["c"]))
+                    if args.no_uniform and rep == 0:  # counted with a game that costs nothing, not run
+                        zero = lambda masks: torch.zeros(masks.shape[0], dtype=torch.float64)
+                        for key, method in (("a", "independent"), ("b", "shared")):
+                            res[key] = estimate_interactions(zero, n, pairs, orders, k_u, method=method, seed=seed)
+                            times[key].append(float("nan"))
                     if not args.no_uniform:
                         for key, method in (("a", "independent"), ("b", "shared")):
                             t0 = time.perf_counter()
                             res[key] = estimate_interactions(ImageMaskingGame(model, image, target=target, **game_kw),
                                                              n, pairs, orders, k_u, method=method, seed=seed)
                             times[key].append(time.perf_counter() - t0)
+                            _note(f"({key}) {method} x {k_u}: {res[key].n_evaluations} evaluations, "
+                                  f"{times[key][-1]:.1f} s, worst {worst_ratio(res[key]):.3f}")
                     if ref is not None:
                         ratios = list(REFERENCE_RATIOS)
                         if args.reference_orders and args.reference_orders < len(ratios):
@@ -303,6 +317,9 @@ def main(argv=None):
                     else:
                         r = res[key]
                         evals, worst = r.n_evaluations, worst_ratio(r)
+                        if args.no_uniform and key in ("a", "b"):
+                            worst = w  # not run: k_u is the need at w, by construction
+                            label_ += " [counted, not run]"
                         ctx = (f"{k_u}" if key != "c" else
                                f"{min(r.metadata['contexts_per_order'][1:-1]):.0f}-"
                                f"{max(r.metadata['contexts_per_order'][1:-1]):.0f} (pilot {args.pilot_contexts})")

@@ -6,44 +6,46 @@ at every evaluated inner order, where the noise floor is ``E_(i,j) sqrt(2/pi) st
 
 Method
 ------
-1. **Pilot.**  Every inner order gets ``pilot_contexts`` contexts per pair.  The pairs are split
-   into folds (pair p in fold p mod K, K = min(4, n_pairs)); each fold draws its own contexts,
-   shared among its pairs.
-2. **Plan.**  From the pilot: each order's signal, the noise-corrected mean |I| of
-   :func:`~moga_analysis.interactions.estimators.deconvolved_mean_abs` (the raw mean |I| of a
-   small pilot is mostly noise at the middle orders and would under-allocate them), and its mean
-   per-sample standard deviation of Delta(i,j,S).  With ``allocation="orders"`` an order needs
-   ``k_o = (sqrt(2/pi) mean_p sigma_p / (target * A_o))^2`` contexts per pair; with
-   ``"orders+pairs"`` pair p gets ``k_p ~ sigma_p^(2/3)`` (minimise sum_p k_p subject to
-   mean_p sigma_p / sqrt(k_p) = const, the Lagrange optimum), where a pair's relative sigma comes
-   from its pilot at the *other* orders (a pair's spread is nearly the same at every order:
+1. **Planning pilot** (never part of the estimate): ``pilot_contexts`` shared contexts per pair at
+   every inner order.  It gives each order's signal, the noise-corrected mean |I| of
+   :func:`~moga_analysis.interactions.estimators.deconvolved_mean_abs` (the raw mean |I| of a small
+   pilot is mostly noise at the middle orders and would under-allocate them), and the per-sample
+   standard deviations sigma_p of Delta(i,j,S).  An order needs
+   ``k_o = (sqrt(2/pi) mean_p sigma_p / (target * A_o))^2`` samples per pair with
+   ``allocation="orders"``; with ``"orders+pairs"`` pair p gets ``k_p ~ sigma_p^(2/3)`` (minimise
+   sum_p k_p subject to mean_p sigma_p / sqrt(k_p) = const: the Lagrange optimum), where a pair's
+   relative sigma is its mean over the orders (a pair's spread is nearly the same at every order:
    correlation 0.84-0.99 between orders on the shipped Fashion-MNIST MogaNet).  Orders are
    separate constraints, so the least-cost plan gives each order its own need; ``safety``
-   multiplies it (margin for the pilot's estimation error).
-3. **Main stage.**  Fresh contexts, shared by all pairs of an order (the shared estimator of
-   :mod:`.estimators`, which draws exactly the requested number of samples per pair).
+   multiplies it.
+2. **Cross-fitted pilot** (``pilot="reuse"``, part of the estimate): ``pilot_fraction`` of each
+   order's planned need (at least ``min_contexts``) per pair, with the pairs in K = min(4, P) folds
+   (pair p in fold p mod K) that draw separate contexts, shared within the fold.  The final plan
+   comes from it alone, cross-fitted: the numbers for the pairs of fold f at order m come from the
+   other folds at order m and, for a pair's relative sigma, from the other orders.
+3. **Main stage**: fresh contexts, shared by all pairs of an order (the shared estimator of
+   :mod:`.estimators`, which draws exactly the requested number of samples per pair), up to the
+   planned total.
 
-Unbiasedness (two modes, chosen before anything is evaluated)
---------------------------------------------------------------
-* ``pilot="reuse"`` (default without a budget cap): the pilot's samples are **part of the
-  estimate**, which is unbiased because of cross-fitting.  The number of samples pair p gets at
-  order m, N(m,p), is computed only from data independent of pair p's own samples at order m: the
-  order-level numbers for the pairs of fold f come from the other folds at order m (their contexts
-  are drawn separately), and the pair's relative sigma from its pilot at the other orders (drawn
-  separately too).  So N(m,p) is independent of pair p's pilot samples at order m, and the main
-  samples are drawn afterwards, i.i.d. given N(m,p).  Conditional on N(m,p), pair p's N(m,p)
-  samples are therefore i.i.d. draws of Delta(i,j,S), S uniform over the subsets of size m of
-  N minus {i,j}: their mean is unbiased for I^(m)(i,j) given N(m,p), hence unbiased; their sample
-  variance is unbiased, so stderr = std / sqrt(N) is the usual honest one; and any split of them
-  fixed in advance (the first half against the rest) gives independent halves, so
-  ``half_values[0] * half_values[1]`` stays unbiased for I^2.
-* ``pilot="discard"`` (used with ``max_evaluations``, and with a single pair): the pilot serves
-  planning only and the estimates come only from the main stage.  The allocation is a function of
-  the pilot alone, so conditional on the pilot the main samples are i.i.d. and the same three
-  statements hold.  This mode may look at everything (each pair's own pilot variance, several
-  pilot rounds for orders whose pilot is too weak to plan from, and the budget) because none of
-  it enters the estimate.  A budget cap needs it: the scale that fits all orders into the budget
-  depends on every pilot sample, so it cannot be made independent of any one of them.
+Unbiasedness
+------------
+* ``pilot="reuse"`` (default without a budget cap): pair p's samples at order m are its
+  cross-fitted pilot and its main samples; how many it gets, N(m,p), is a function of the planning
+  pilot (drawn separately, never in the estimate), of the other folds at order m and of the other
+  orders, all drawn independently of pair p's cross-fitted pilot at order m.  So N(m,p) is
+  independent of those samples, and the main samples are drawn afterwards, i.i.d. given N(m,p).
+  Conditional on N(m,p), pair p's N(m,p) samples are i.i.d. draws of Delta(i,j,S), S uniform over
+  the subsets of size m of N minus {i,j}: their mean is unbiased for I^(m)(i,j) given N(m,p),
+  hence unbiased; their sample variance is unbiased, so stderr = std / sqrt(N) is the usual honest
+  one; and a split fixed in advance (the first half of a pair's samples against the rest) gives
+  independent halves, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.
+* ``pilot="discard"`` (with ``max_evaluations``, and with a single pair): no cross-fitted pilot;
+  the estimates come only from the main stage, whose allocation is a function of the planning pilot
+  alone, so the same three statements hold conditionally on it.  This mode may look at everything
+  (each pair's own pilot variance, more pilot rounds for orders whose pilot is too weak to plan
+  from, and the budget) because none of it enters the estimate.  A budget cap needs it: the scale
+  that fits all orders into the budget depends on every pilot sample, so it cannot be made
+  independent of any one of them.
 
 What would be biased, and is not done: pooling a pilot whose own values decided how many samples
 follow it (its mean enters the signal estimate, and its variance estimate is correlated with its
@@ -52,14 +54,15 @@ met, which looks at |mean| and so biases the mean.  Tests: tests/test_adaptive.p
 seeds against the closed form at n = 196 and at n = 8, z-score calibration, split halves).
 
 Exact end orders (0 and n-2) have one context each and cost 1 + U + P evaluations (U distinct
-players, P pairs).  Every evaluation, pilot included, is counted in ``n_evaluations``.
+players, P pairs).  Every evaluation, both pilots included, is counted in ``n_evaluations``.
 
 Reported in ``result.metadata``: ``target_noise``, ``allocation``, ``pilot_mode``, ``folds``,
 ``noise_ratio`` and ``target_met`` per order (achieved, from the final estimates; 0 / True at the
 exact orders), ``missed_orders``, ``planned_noise_ratio``, ``contexts_per_order`` (samples per pair
-in the estimate, mean over pairs), ``pilot_contexts_per_order``, ``pilot_mean_abs_debiased``,
-``capped_orders`` (orders that hit ``max_contexts``), ``endpoint_evaluations``,
-``pilot_evaluations``, ``main_evaluations``, ``pilot_rounds``, ``max_evaluations``,
+in the estimate, mean over pairs), ``pilot_contexts_per_order`` (planning pilot),
+``reused_pilot_contexts_per_order``, ``pilot_mean_abs_debiased``, ``capped_orders`` (orders that
+hit ``max_contexts``), ``endpoint_evaluations``, ``pilot_evaluations`` (planning only),
+``reused_pilot_evaluations``, ``main_evaluations``, ``pilot_rounds``, ``max_evaluations``,
 ``budget_capped``, ``budget_scale`` and ``settings``.  ``samples_per_pair`` holds the samples of
 every pair and order where they differ between pairs.
 """
@@ -89,7 +92,7 @@ __all__ = ["estimate_adaptive", "ALLOCATIONS", "PILOT_MODES"]
 log = logging.getLogger(__name__)
 
 ALLOCATIONS = ("orders", "orders+pairs")
-PILOT_MODES = ("auto", "reuse", "discard")
+PILOT_MODES = ("discard", "reuse")
 _SQRT_2_PI = math.sqrt(2 / math.pi)
 #: folds of the cross-fitted pilot
 _FOLDS = 4
@@ -185,7 +188,7 @@ def estimate_adaptive(
     orders,
     *,
     target_noise: float = 0.1,
-    pilot_contexts: int = 16,
+    pilot_contexts: int = 8,
     min_contexts: int = 8,
     max_contexts: int = 1024,
     max_evaluations: Optional[int] = None,
@@ -193,7 +196,7 @@ def estimate_adaptive(
     seed: int = 0,
     batch_size: Optional[int] = None,
     progress: bool = False,
-    pilot: str = "auto",
+    pilot: str = "discard",
     safety: float = 1.1,
     pilot_fraction: float = 0.2,
     max_pilot_ratio: float = 0.35,
@@ -206,10 +209,10 @@ def estimate_adaptive(
     Args:
         game, n_players, pairs, orders: as for :func:`estimate_interactions`.
         target_noise: the relative noise level to reach at every inner order.
-        pilot_contexts: pilot contexts per pair at every inner order (>= 2).
+        pilot_contexts: planning-pilot contexts per pair at every inner order (>= 2).
         min_contexts, max_contexts: bounds on the samples per pair and order in the estimate.
         max_evaluations: cap on the game evaluations of this call, pilot included; never
-            exceeded (it selects ``pilot="discard"``).  If it is too small for the pilot plus
+            exceeded (needs ``pilot="discard"``).  If it is too small for the pilot plus
             ``min_contexts`` everywhere, an error says how many are needed; if the target does
             not fit, every order's allocation is scaled down by one factor, which equalises the
             predicted noise ratio over the orders (``metadata["budget_capped"]``,
@@ -219,11 +222,12 @@ def estimate_adaptive(
         seed: all randomness comes from generators seeded with it; the same seed and game give
             bit-identical results.
         batch_size, progress: as for :func:`estimate_interactions`.
-        pilot: ``"reuse"`` (cross-fitted, the pilot is part of the estimate), ``"discard"`` (the
-            pilot plans only) or ``"auto"`` (reuse unless ``max_evaluations`` is given or there
-            is one pair).
+        pilot: ``"discard"`` (default: the pilot plans only, with more rounds where it is too
+            weak to plan from) or ``"reuse"`` (a cross-fitted pilot that is part of the estimate;
+            no budget cap, two or more pairs).
         safety: the planned samples are ``safety`` times the estimated need.
-        pilot_fraction, max_pilot_ratio, pilot_rounds: discard mode only: an order whose pilot
+        pilot_fraction: reuse mode: the cross-fitted pilot's share of each order's planned need;
+            discard mode, with ``max_pilot_ratio`` and ``pilot_rounds``: an order whose pilot
             noise ratio exceeds ``max_pilot_ratio`` while its pilot holds fewer than
             ``pilot_fraction`` of the samples it needs gets its pilot extended to that fraction,
             at most ``pilot_rounds`` times (under a cap, the extensions use at most
@@ -253,8 +257,6 @@ def estimate_adaptive(
     order_list = orders.tolist()
     inner = [o for o, m in enumerate(order_list) if 0 < m < n - 2]
     budget = None if max_evaluations is None else int(max_evaluations)
-    if pilot == "auto":
-        pilot = "discard" if (budget is not None or P < 2) else "reuse"
     if pilot == "reuse" and budget is not None:
         raise ValueError("a budget cap needs pilot='discard' (see the module docstring)")
     if pilot == "reuse" and P < 2:
@@ -334,51 +336,63 @@ def estimate_adaptive(
             out[o] = ls - ls.mean()
         return out
 
-    def plan_needs(store, cross_fit: bool):
+    def combined(o, extra, keep):
+        """Per pair (count, mean, var) at order o of the planning pilot plus, for the pairs in
+        ``keep``, the samples of ``extra``."""
+        n1, m1, v1 = pilots[o].stats()
+        if extra is None:
+            return n1, m1, v1
+        n2, m2, v2 = extra[o].stats()
+        n2 = torch.where(keep, n2, torch.zeros_like(n2))
+        n = n1 + n2
+        m = (n1 * m1 + n2 * m2) / n.clamp_min(1)
+        ss = (n1 - 1).clamp_min(0) * v1 + (n2 - 1).clamp_min(0) * v2 + n1 * (m1 - m) ** 2 + n2 * (m2 - m) ** 2
+        return n, m, ss / (n - 1).clamp_min(1)
+
+    def plan_needs(extra=None, signal_rule: str = "debiased"):
         """need[o]: real-valued samples per pair [P] (before safety); ratio[o]: the noise ratio of
-        ``store``; signal[o]: its debiased mean |I|.  ``cross_fit``: the numbers for the pairs of
-        fold f come only from the other folds at that order and from the other orders."""
-        folds = K if cross_fit else 1
-        stats = {o: store[o].stats() for o in inner}
-        spread = log_spread(stats) if allocation == "orders+pairs" else None
-        need, ratio, signal = {}, {}, {}
+        the data planned from; signal[o]: their mean |I| (``"debiased"``: the deconvolution,
+        bounded below by the mean of |x_p| - sqrt(2/pi) se_p, which is below mean |I| in
+        expectation; ``"raw"``: the raw mean |x|, above it).  ``extra`` (the cross-fitted pilot):
+        the numbers for the pairs of fold f come from the planning pilot and the other folds only."""
+        folds = K if extra is not None else 1
+        need = {o: torch.zeros(P, dtype=torch.float64) for o in inner}
+        signal = {o: torch.zeros(P, dtype=torch.float64) for o in inner}
+        ratio = {}
         if not inner:
             return need, ratio, signal
-        count = torch.stack([stats[o][0] for o in inner])  # [O_in, P]
-        mean = torch.stack([stats[o][1] for o in inner])
-        s = torch.stack([stats[o][2] for o in inner]).sqrt()
-        se = s / count.sqrt()
-        uses = [fold_of != f if folds > 1 else torch.ones(P, dtype=torch.bool) for f in range(folds)]
-        # the signal seen by fold f: every order at once, from the other folds' pairs
-        A_fold = [deconvolved_mean_abs(mean[:, u], se[:, u]) for u in uses]  # K x [O_in]
-        for i, o in enumerate(inner):
-            need[o] = torch.zeros(P, dtype=torch.float64)
-            signal[o] = torch.zeros(P, dtype=torch.float64)
-            if spread is not None:
-                others = [spread[q] for q in inner if q != o]
-                if cross_fit:  # a pair's relative sigma from the other orders only
-                    rel = torch.stack(others).mean(0).exp() if others else torch.ones(P, dtype=torch.float64)
-                else:
-                    rel = torch.stack(others + [spread[o]]).mean(0).exp()
-            for f in range(folds):
-                use = uses[f]
-                mine = fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
-                A = float(A_fold[f][i])
-                sigma_bar = float((s[i, use] / _c4(count[i, use])).mean())
+        for f in range(folds):
+            mine = fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
+            stats = {o: combined(o, extra, ~mine) for o in inner}
+            count = torch.stack([stats[o][0] for o in inner])  # [O_in, P]
+            mean = torch.stack([stats[o][1] for o in inner])
+            sd = torch.stack([stats[o][2] for o in inner]).sqrt()
+            se = sd / count.sqrt()
+            raw = mean.abs().mean(1)
+            if signal_rule == "raw":
+                A_all = raw
+            else:
+                lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
+                A_all = torch.maximum(deconvolved_mean_abs(mean, se), lower)
+            spread = log_spread(stats) if allocation == "orders+pairs" else None
+            for i, o in enumerate(inner):
+                A = float(A_all[i])
+                sigma_bar = float((sd[i] / _c4(count[i])).mean())
                 target_floor = tau * A / _SQRT_2_PI  # required mean_p sigma_p / sqrt(k_p)
                 if spread is None:
                     k = (sigma_bar / target_floor) ** 2 if target_floor > 0 else float("inf")
                     nf = torch.full((P,), min(k, 4.0 * k_max), dtype=torch.float64)
-                else:
-                    sig = sigma_bar * rel / float(rel[use].mean())
+                else:  # a pair's relative sigma: its mean over the orders
+                    rel = torch.stack([spread[q] for q in inner]).mean(0).exp()
+                    sig = sigma_bar * rel / float(rel.mean())
                     nf = _pair_needs(sig, target_floor, 1.0, 4.0 * k_max)
                 need[o][mine] = nf[mine]
                 signal[o][mine] = A
-            a_all = float(signal[o].mean())
-            ratio[o] = float(_SQRT_2_PI * se[i].mean()) / a_all if a_all > 0 else float("inf")
+                if f == 0:
+                    ratio[o] = float(_SQRT_2_PI * se[i].mean()) / A if A > 0 else float("inf")
         return need, ratio, signal
 
-    need, pratio, psignal = plan_needs(pilots, False)
+    need, pratio, psignal = plan_needs()
     rounds = 0
     if not reuse:  # more pilot where it is too weak to plan from (planning data only)
         spare = 0 if budget is None else max(budget - endpoint_evals - pilot_evals, 0)
@@ -405,8 +419,10 @@ def estimate_adaptive(
             run_pilot(pilots, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
             pilot_evals += rows_n
             rounds += 1
-            need, pratio, psignal = plan_needs(pilots, False)
-    scout_need = {o: float(need[o].mean()) for o in inner}
+            need, pratio, psignal = plan_needs()
+    # the cross-fitted pilot is sized from the raw mean |I| (above the signal in expectation, so
+    # the pilot stays below the need) and is then part of the estimate
+    scout_need = {o: float(v.mean()) for o, v in plan_needs(signal_rule="raw")[0].items()} if reuse else {}
 
     # ---- reuse mode: a cross-fitted pilot, sized from the planning-only pilot above, that is part
     # of the estimate; the main stage is planned from it alone
@@ -417,7 +433,7 @@ def estimate_adaptive(
         gen_pilot = torch.Generator().manual_seed(_derived_seed(seed, 2))
         blocks, plans, reused_evals = pilot_plan(sizes, fold_pairs)
         run_pilot(reused, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
-        need, pratio, psignal = plan_needs(reused, True)
+        need, pratio, psignal = plan_needs(extra=reused)
 
     # ---- main stage: fresh contexts, sizes fixed above
     pilot_count = {o: reused[o].stats()[0] for o in inner}
