@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-noise", type=float, default=0.25)
     p.add_argument("--allocation", default="orders+pairs", choices=["orders", "orders+pairs"])
     p.add_argument("--pilot-contexts", type=int, default=8)
+    p.add_argument("--min-contexts", type=int, default=8)
     p.add_argument("--max-contexts", type=int, default=1024)
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last", "auto"])
@@ -268,7 +269,7 @@ def main(argv=None):
                     res["c"] = estimate_adaptive(ImageMaskingGame(model, image, target=target, **game_kw), n, pairs,
                                                  orders, target_noise=args.target_noise, seed=seed,
                                                  allocation=args.allocation, pilot_contexts=args.pilot_contexts,
-                                                 max_contexts=args.max_contexts)
+                                                 min_contexts=args.min_contexts, max_contexts=args.max_contexts)
                     times["c"].append(time.perf_counter() - t0)
                     _note(f"(c) adaptive: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "
                           f"{worst_ratio(res['c']):.3f}, contexts {res['c'].metadata['contexts_per_order']}")
@@ -300,7 +301,9 @@ def main(argv=None):
                             res["ref"] = (deltas, len(ratios))
                         except Exception as err:
                             res["ref"] = None
-                            ref_note = f"failed on {dtype}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                            failure = f"failed on {dtype}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                            if failure not in ref_note:
+                                ref_note += "; " + failure
                 tag = f"{model_name}, {dtype}, image {x}, grid {grid}, {args.pairs} pairs, target {args.target_noise}"
                 w = worst_ratio(res["c"])
                 ref_a = None

@@ -18,28 +18,29 @@ Method
    correlation 0.84-0.99 between orders on the shipped Fashion-MNIST MogaNet).  Orders are
    separate constraints, so the least-cost plan gives each order its own need; ``safety``
    multiplies it.
-2. **Cross-fitted pilot** (``pilot="reuse"``, part of the estimate): ``pilot_fraction`` of each
-   order's planned need (at least ``min_contexts``) per pair, with the pairs in K = min(4, P) folds
-   (pair p in fold p mod K) that draw separate contexts, shared within the fold.  The final plan
-   comes from it alone, cross-fitted: the numbers for the pairs of fold f at order m come from the
-   other folds at order m and, for a pair's relative sigma, from the other orders.
+2. **Cross-fitted pilot** (``pilot="reuse"`` only, part of the estimate): ``pilot_fraction`` of
+   each order's need (planned from the raw mean |I|, which is above the signal in expectation, so
+   the pilot stays below the need; at least ``min_contexts``) per pair, with the pairs in
+   K = min(4, P) folds (pair p in fold p mod K) that draw separate contexts, shared within the
+   fold.  The final plan for the pairs of fold f comes from the planning pilot and the other folds'
+   cross-fitted pilot only.
 3. **Main stage**: fresh contexts, shared by all pairs of an order (the shared estimator of
    :mod:`.estimators`, which draws exactly the requested number of samples per pair), up to the
    planned total.
 
 Unbiasedness
 ------------
-* ``pilot="reuse"`` (default without a budget cap): pair p's samples at order m are its
+* ``pilot="reuse"`` (no budget cap, two or more pairs): pair p's samples at order m are its
   cross-fitted pilot and its main samples; how many it gets, N(m,p), is a function of the planning
-  pilot (drawn separately, never in the estimate), of the other folds at order m and of the other
-  orders, all drawn independently of pair p's cross-fitted pilot at order m.  So N(m,p) is
-  independent of those samples, and the main samples are drawn afterwards, i.i.d. given N(m,p).
-  Conditional on N(m,p), pair p's N(m,p) samples are i.i.d. draws of Delta(i,j,S), S uniform over
-  the subsets of size m of N minus {i,j}: their mean is unbiased for I^(m)(i,j) given N(m,p),
-  hence unbiased; their sample variance is unbiased, so stderr = std / sqrt(N) is the usual honest
-  one; and a split fixed in advance (the first half of a pair's samples against the rest) gives
-  independent halves, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.
-* ``pilot="discard"`` (with ``max_evaluations``, and with a single pair): no cross-fitted pilot;
+  pilot (drawn separately, never in the estimate) and of the other folds' cross-fitted pilot, all
+  drawn independently of pair p's cross-fitted pilot.  So N(m,p) is independent of those samples,
+  and the main samples are drawn afterwards, i.i.d. given N(m,p).  Conditional on N(m,p), pair
+  p's N(m,p) samples are therefore i.i.d. draws of Delta(i,j,S), S uniform over the subsets of size
+  m of N minus {i,j}: their mean is unbiased for I^(m)(i,j) given N(m,p), hence unbiased; their
+  sample variance is unbiased, so stderr = std / sqrt(N) is the usual honest one; and a split
+  fixed in advance (the first half of a pair's samples against the rest) gives independent
+  halves, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.
+* ``pilot="discard"`` (the default; needed with ``max_evaluations``): no cross-fitted pilot;
   the estimates come only from the main stage, whose allocation is a function of the planning pilot
   alone, so the same three statements hold conditionally on it.  This mode may look at everything
   (each pair's own pilot variance, more pilot rounds for orders whose pilot is too weak to plan
