@@ -11,7 +11,7 @@
 """
 
 from ..tools import entry_points
-from .adaptive import estimate_adaptive as estimate_adaptive  # re-export (add to __all__)
+from .adaptive import estimate_adaptive
 from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence, reference_pairs
 from .estimators import InteractionResult, estimate_interactions, exact_interactions
 from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
@@ -48,6 +48,7 @@ __all__ = [
     "OUTPUTS",
     "REFERENCE_RATIOS",
     "bootstrap_relative_strength",
+    "estimate_adaptive",
     "estimate_interactions",
     "exact_interactions",
     "interaction_maps",
