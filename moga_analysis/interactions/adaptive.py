@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -182,26 +183,65 @@ def _pair_needs(sigma: torch.Tensor, target_floor: float, lo: float, hi: float) 
     return k_at(b)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The validated knobs of one :func:`estimate_adaptive` call."""
+
+    tau: float
+    k_pilot: int
+    k_min: int
+    k_max: int
+    budget: Optional[int]
+    allocation: str
+    pilot: str
+    safety: float
+    pilot_fraction: float
+    max_pilot_ratio: float
+    pilot_rounds: int
+
+    @property
+    def reuse(self) -> bool:
+        return self.pilot == "reuse"
+
+    def settings(self) -> dict:
+        return dict(
+            pilot_contexts=self.k_pilot, min_contexts=self.k_min, max_contexts=self.k_max,
+            safety=float(self.safety), pilot_fraction=float(self.pilot_fraction),
+            max_pilot_ratio=float(self.max_pilot_ratio), pilot_rounds=int(self.pilot_rounds),
+        )
+
+
+def _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation, pilot,
+               safety, pilot_fraction, max_pilot_ratio, pilot_rounds, n_pairs: int) -> _Plan:
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r}; choose one of {ALLOCATIONS}")
+    if pilot not in PILOT_MODES:
+        raise ValueError(f"unknown pilot mode {pilot!r}; choose one of {PILOT_MODES}")
+    tau = float(target_noise)
+    if not tau > 0:
+        raise ValueError("target_noise must be > 0")
+    k_pilot, k_min, k_max = int(pilot_contexts), int(min_contexts), int(max_contexts)
+    if k_pilot < 2 or k_min < 2:
+        raise ValueError("pilot_contexts and min_contexts must be >= 2 (a stderr needs two samples)")
+    if k_max < k_min:
+        raise ValueError("max_contexts must be >= min_contexts")
+    if safety < 1:
+        raise ValueError("safety must be >= 1")
+    budget = None if max_evaluations is None else int(max_evaluations)
+    if pilot == "reuse" and budget is not None:
+        raise ValueError("a budget cap needs pilot='discard' (see the module docstring)")
+    if pilot == "reuse" and n_pairs < 2:
+        raise ValueError("pilot='reuse' needs at least two pairs (it cross-fits over them)")
+    return _Plan(tau, k_pilot, k_min, k_max, budget, allocation, pilot, safety, pilot_fraction,
+                 max_pilot_ratio, pilot_rounds)
+
+
 def estimate_adaptive(
-    game: Game,
-    n_players: int,
-    pairs,
-    orders,
-    *,
-    target_noise: float = 0.1,
-    pilot_contexts: int = 8,
-    min_contexts: int = 8,
-    max_contexts: int = 1024,
-    max_evaluations: Optional[int] = None,
-    allocation: str = "orders+pairs",
-    seed: int = 0,
-    batch_size: Optional[int] = None,
-    progress: bool = False,
-    pilot: str = "discard",
-    safety: float = 1.1,
-    pilot_fraction: float = 0.2,
-    max_pilot_ratio: float = 0.35,
-    pilot_rounds: int = 2,
+    game: Game, n_players: int, pairs, orders, *,
+    target_noise: float = 0.1, pilot_contexts: int = 8, min_contexts: int = 8, max_contexts: int = 1024,
+    max_evaluations: Optional[int] = None, allocation: str = "orders+pairs", seed: int = 0,
+    batch_size: Optional[int] = None, progress: bool = False, pilot: str = "discard", safety: float = 1.1,
+    pilot_fraction: float = 0.2, max_pilot_ratio: float = 0.35, pilot_rounds: int = 2,
 ) -> InteractionResult:
     """I^(m)(i,j) with noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost.
 
@@ -237,99 +277,155 @@ def estimate_adaptive(
     Returns an :class:`InteractionResult` with ``method="adaptive"`` and the achieved precision in
     ``metadata``; orders that miss the target are logged as warnings.
     """
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {allocation!r}; choose one of {ALLOCATIONS}")
-    if pilot not in PILOT_MODES:
-        raise ValueError(f"unknown pilot mode {pilot!r}; choose one of {PILOT_MODES}")
-    tau = float(target_noise)
-    if not tau > 0:
-        raise ValueError("target_noise must be > 0")
-    k_pilot, k_min, k_max = int(pilot_contexts), int(min_contexts), int(max_contexts)
-    if k_pilot < 2 or k_min < 2:
-        raise ValueError("pilot_contexts and min_contexts must be >= 2 (a stderr needs two samples)")
-    if k_max < k_min:
-        raise ValueError("max_contexts must be >= min_contexts")
-    if safety < 1:
-        raise ValueError("safety must be >= 1")
     n = int(n_players)
     pairs = _check_pairs(pairs, n)
     orders = _check_orders(orders, n)
-    O, P = len(orders), len(pairs)
-    order_list = orders.tolist()
-    inner = [o for o, m in enumerate(order_list) if 0 < m < n - 2]
-    budget = None if max_evaluations is None else int(max_evaluations)
-    if pilot == "reuse" and budget is not None:
-        raise ValueError("a budget cap needs pilot='discard' (see the module docstring)")
-    if pilot == "reuse" and P < 2:
-        raise ValueError("pilot='reuse' needs at least two pairs (it cross-fits over them)")
-    reuse = pilot == "reuse"
-    K = min(_FOLDS, P) if reuse else 1
-    fold_of = torch.arange(P) % K
-    everyone = [torch.arange(P)]
-    fold_pairs = [(fold_of == f).nonzero().flatten() for f in range(K)]
+    plan = _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation,
+                      pilot, safety, pilot_fraction, max_pilot_ratio, pilot_rounds, len(pairs))
+    run = _AdaptiveRun(game, n, pairs, orders, plan, int(seed), batch_size, progress)
+    run.first_pilot()
+    run.plan()
+    if plan.reuse:
+        run.cross_fitted_pilot()
+    else:
+        run.extend_pilot()
+    run.main_stage()
+    return run.result()
 
-    # ---- exact end orders and the first pilot round: rows built before anything is evaluated
-    gen_pilot = torch.Generator().manual_seed(_derived_seed(seed, 0))
-    end_blocks, end_plans = [], {}
-    offset = 0
-    for o, m in enumerate(order_list):
-        if o in inner:
-            continue
-        rows, idx = _plan_shared(n, pairs, m, 1, gen_pilot)
-        end_plans[o] = tuple(t + offset for t in idx)
-        end_blocks.append(rows)
-        offset += len(rows)
-    endpoint_evals = offset
 
-    def pilot_plan(needs: Dict[int, int], groups):
+class _AdaptiveRun:
+    """The state of one :func:`estimate_adaptive` call, stage by stage (see the module docstring)."""
+
+    def __init__(self, game, n: int, pairs: torch.Tensor, orders: torch.Tensor, plan: _Plan, seed: int,
+                 batch_size, progress: bool):
+        self.game, self.n, self.pairs, self.orders, self.p = game, n, pairs, orders, plan
+        self.seed, self.batch_size, self.progress = seed, batch_size, progress
+        self.O, self.P = len(orders), len(pairs)
+        self.order_list = orders.tolist()
+        self.inner = [o for o, m in enumerate(self.order_list) if 0 < m < n - 2]
+        self.K = min(_FOLDS, self.P) if plan.reuse else 1
+        self.fold_of = torch.arange(self.P) % self.K
+        self.gen_pilot = torch.Generator().manual_seed(_derived_seed(seed, 0))
+        O, P = self.O, self.P
+        self.values = torch.zeros(O, P, dtype=torch.float64)
+        self.stderr = torch.zeros(O, P, dtype=torch.float64)
+        self.halves = torch.zeros(2, O, P, dtype=torch.float64)
+        self.n_samples = torch.ones(O, dtype=torch.long)
+        self.per_pair = torch.ones(O, P, dtype=torch.long)
+        self.pilots = {o: _Samples(P) for o in self.inner}
+        self.reused = {o: _Samples(P) for o in self.inner}
+        self.endpoint_evals = self.pilot_evals = self.reused_evals = self.main_evals = 0
+        self.rounds = 0
+        self.scale, self.capped = 1.0, False
+
+    def _evaluate(self, rows: torch.Tensor, progress: bool) -> torch.Tensor:
+        return _evaluate(self.game, rows, self.batch_size, progress, "adaptive pilot")
+
+    # ------------------------------------------------------------------------------ pilots
+    def _pilot_rows(self, needs: Dict[int, int], groups):
         """Rows and sample indices of ``needs[o]`` more contexts per pair, drawn separately for each
         group of pairs (shared within a group)."""
         blocks, plans, off = [], [], 0
         for o, k in needs.items():
             for members in groups:
                 need = torch.full((len(members),), k, dtype=torch.long)
-                rows, idx, local = _shared_samples(n, pairs[members], order_list[o], need, gen_pilot)
+                rows, idx, local = _shared_samples(self.n, self.pairs[members], self.order_list[o], need,
+                                                   self.gen_pilot)
                 plans.append((o, tuple(t + off for t in idx), members[local], len(rows)))
                 blocks.append(rows)
                 off += len(rows)
         return blocks, plans, off
 
-    def run_pilot(store, plans, v):
+    @staticmethod
+    def _add_samples(store, plans, v):
         for o, (a, b, c, d), pair_of, _ in plans:
             store[o].add(v[a] - v[b] - v[c] + v[d], pair_of)
 
-    blocks, plans, pilot_rows = pilot_plan({o: k_pilot for o in inner}, everyone)
-    # evaluations per (sample per pair) at each order, from the pilot's plan
-    cost_per_k = {o: 0.0 for o in inner}
-    for o, _, _, r in plans:
-        cost_per_k[o] += r / k_pilot
-    min_main = sum(cost_per_k[o] * k_min for o in inner)  # the main stage's minimum (discard mode)
-    if budget is not None and endpoint_evals + pilot_rows + min_main > budget:
-        need = int(math.ceil(endpoint_evals + pilot_rows + 1.05 * min_main))
-        raise ValueError(
-            f"max_evaluations={budget} is too small: the exact end orders ({endpoint_evals}), the pilot "
-            f"({pilot_rows}) and min_contexts={k_min} at every inner order (about {int(min_main)}) need "
-            f"about {need}; raise it or lower pilot_contexts / min_contexts"
-        )
-    all_rows = torch.cat(end_blocks + blocks) if (end_blocks or blocks) else torch.zeros(0, n, dtype=torch.bool)
-    v = _evaluate(game, all_rows, batch_size, progress, "adaptive pilot")
-    values = torch.zeros(O, P, dtype=torch.float64)
-    stderr = torch.zeros(O, P, dtype=torch.float64)
-    halves = torch.zeros(2, O, P, dtype=torch.float64)
-    n_samples = torch.ones(O, dtype=torch.long)
-    per_pair = torch.ones(O, P, dtype=torch.long)
-    for o, (a, b, c, d) in end_plans.items():
-        values[o] = (v[a] - v[b] - v[c] + v[d])[:, 0]
-        halves[:, o] = values[o]
-    pilots = {o: _Samples(P) for o in inner}
-    run_pilot(pilots, plans, v[endpoint_evals:])
-    pilot_evals = pilot_rows
+    def first_pilot(self) -> None:
+        """The exact end orders and the first planning-pilot round, evaluated together."""
+        p, n = self.p, self.n
+        end_blocks, end_plans, offset = [], {}, 0
+        for o, m in enumerate(self.order_list):
+            if o in self.inner:
+                continue
+            rows, idx = _plan_shared(n, self.pairs, m, 1, self.gen_pilot)
+            end_plans[o] = tuple(t + offset for t in idx)
+            end_blocks.append(rows)
+            offset += len(rows)
+        self.endpoint_evals = offset
+        blocks, plans, pilot_rows = self._pilot_rows({o: p.k_pilot for o in self.inner}, [torch.arange(self.P)])
+        # evaluations per (sample per pair) at each order, from the pilot's plan
+        self.cost_per_k = {o: 0.0 for o in self.inner}
+        for o, _, _, r in plans:
+            self.cost_per_k[o] += r / p.k_pilot
+        # the main stage's minimum (discard mode)
+        self.min_main = sum(self.cost_per_k[o] * p.k_min for o in self.inner)
+        if p.budget is not None and offset + pilot_rows + self.min_main > p.budget:
+            need = int(math.ceil(offset + pilot_rows + 1.05 * self.min_main))
+            raise ValueError(
+                f"max_evaluations={p.budget} is too small: the exact end orders ({offset}), the pilot "
+                f"({pilot_rows}) and min_contexts={p.k_min} at every inner order (about {int(self.min_main)}) "
+                f"need about {need}; raise it or lower pilot_contexts / min_contexts"
+            )
+        all_rows = torch.cat(end_blocks + blocks) if (end_blocks or blocks) else torch.zeros(0, n, dtype=torch.bool)
+        v = self._evaluate(all_rows, self.progress)
+        for o, (a, b, c, d) in end_plans.items():
+            self.values[o] = (v[a] - v[b] - v[c] + v[d])[:, 0]
+            self.halves[:, o] = self.values[o]
+        self._add_samples(self.pilots, plans, v[offset:])
+        self.pilot_evals = pilot_rows
 
-    # ---- planning
-    def log_spread(stats):
+    def extend_pilot(self) -> None:
+        """Discard mode: more planning pilot where it is too weak to plan from."""
+        p = self.p
+        budget, endpoint_evals = p.budget, self.endpoint_evals
+        spare = 0 if budget is None else max(budget - endpoint_evals - self.pilot_evals, 0)
+        pilot_cap = None if budget is None else self.pilot_evals + p.pilot_fraction * spare
+        while self.rounds < int(p.pilot_rounds):
+            ext = {}
+            for o in self.inner:
+                have = int(self.pilots[o].stats()[0].min())
+                want = int(math.ceil(p.pilot_fraction * min(float(self.need[o].mean()), p.k_max)))
+                if self.pratio[o] > p.max_pilot_ratio and want > have:
+                    ext[o] = want - have
+            if budget is not None and ext:
+                est = sum(self.cost_per_k[o] * e for o, e in ext.items())
+                room = min(pilot_cap - self.pilot_evals,
+                           budget - endpoint_evals - self.pilot_evals - 1.2 * self.min_main)
+                if est > room:
+                    scale = max(room, 0.0) / est
+                    ext = {o: int(e * scale) for o, e in ext.items()}
+                    ext = {o: e for o, e in ext.items() if e >= 2}
+            if not ext:
+                break
+            blocks, plans, rows_n = self._pilot_rows(ext, [torch.arange(self.P)])
+            if budget is not None and endpoint_evals + self.pilot_evals + rows_n + self.min_main > budget:
+                break  # the plan came out larger than estimated: keep the budget for the main stage
+            self._add_samples(self.pilots, plans, self._evaluate(torch.cat(blocks), self.progress))
+            self.pilot_evals += rows_n
+            self.rounds += 1
+            self.plan()
+
+    def cross_fitted_pilot(self) -> None:
+        """Reuse mode: a cross-fitted pilot, part of the estimate, sized from the raw mean |I| of the
+        planning pilot (above the signal in expectation, so the pilot stays below the need); the
+        main stage of fold f is then planned from the planning pilot and the other folds."""
+        p = self.p
+        if not self.inner:
+            return
+        scout_need = {o: float(v.mean()) for o, v in self._needs(signal_rule="raw")[0].items()}
+        sizes = {o: int(min(max(math.ceil(p.pilot_fraction * scout_need[o]), p.k_min), p.k_max)) for o in self.inner}
+        self.gen_pilot = torch.Generator().manual_seed(_derived_seed(self.seed, 2))
+        folds = [(self.fold_of == f).nonzero().flatten() for f in range(self.K)]
+        blocks, plans, self.reused_evals = self._pilot_rows(sizes, folds)
+        self._add_samples(self.reused, plans, self._evaluate(torch.cat(blocks), self.progress))
+        self.plan(extra=self.reused)
+
+    # ------------------------------------------------------------------------------ planning
+    def _log_spread(self, stats):
         """Per order and pair: log pilot std minus its mean over the pairs of that order."""
         out = {}
-        for o in inner:
+        for o in self.inner:
             count, _, var = stats[o]
             s = var.sqrt()
             s = s.clamp_min(1e-3 * float(s.mean()) + 1e-300)
@@ -337,10 +433,10 @@ def estimate_adaptive(
             out[o] = ls - ls.mean()
         return out
 
-    def combined(o, extra, keep):
+    def _combined(self, o, extra, keep):
         """Per pair (count, mean, var) at order o of the planning pilot plus, for the pairs in
         ``keep``, the samples of ``extra``."""
-        n1, m1, v1 = pilots[o].stats()
+        n1, m1, v1 = self.pilots[o].stats()
         if extra is None:
             return n1, m1, v1
         n2, m2, v2 = extra[o].stats()
@@ -350,129 +446,92 @@ def estimate_adaptive(
         ss = (n1 - 1).clamp_min(0) * v1 + (n2 - 1).clamp_min(0) * v2 + n1 * (m1 - m) ** 2 + n2 * (m2 - m) ** 2
         return n, m, ss / (n - 1).clamp_min(1)
 
-    def plan_needs(extra=None, signal_rule: str = "debiased"):
+    def plan(self, extra=None) -> None:
+        self.need, self.pratio, self.psignal = self._needs(extra)
+
+    def _needs(self, extra=None, signal_rule: str = "debiased"):
         """need[o]: real-valued samples per pair [P] (before safety); ratio[o]: the noise ratio of
         the data planned from; signal[o]: their mean |I| (``"debiased"``: the deconvolution,
         bounded below by the mean of |x_p| - sqrt(2/pi) se_p, which is below mean |I| in
         expectation; ``"raw"``: the raw mean |x|, above it).  ``extra`` (the cross-fitted pilot):
         the numbers for the pairs of fold f come from the planning pilot and the other folds only."""
-        folds = K if extra is not None else 1
+        inner, P = self.inner, self.P
+        folds = self.K if extra is not None else 1
         need = {o: torch.zeros(P, dtype=torch.float64) for o in inner}
         signal = {o: torch.zeros(P, dtype=torch.float64) for o in inner}
         ratio = {}
         if not inner:
             return need, ratio, signal
         for f in range(folds):
-            mine = fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
-            stats = {o: combined(o, extra, ~mine) for o in inner}
+            mine = self.fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
+            stats = {o: self._combined(o, extra, ~mine) for o in inner}
             count = torch.stack([stats[o][0] for o in inner])  # [O_in, P]
             mean = torch.stack([stats[o][1] for o in inner])
             sd = torch.stack([stats[o][2] for o in inner]).sqrt()
             se = sd / count.sqrt()
-            raw = mean.abs().mean(1)
             if signal_rule == "raw":
-                A_all = raw
+                A_all = mean.abs().mean(1)
             else:
                 lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
                 A_all = torch.maximum(deconvolved_mean_abs(mean, se), lower)
-            spread = log_spread(stats) if allocation == "orders+pairs" else None
+            rel = None
+            if self.p.allocation == "orders+pairs":  # a pair's relative sigma: its mean over the orders
+                spread = self._log_spread(stats)
+                rel = torch.stack([spread[q] for q in inner]).mean(0).exp()
             for i, o in enumerate(inner):
                 A = float(A_all[i])
-                sigma_bar = float((sd[i] / _c4(count[i])).mean())
-                target_floor = tau * A / _SQRT_2_PI  # required mean_p sigma_p / sqrt(k_p)
-                if spread is None:
-                    k = (sigma_bar / target_floor) ** 2 if target_floor > 0 else float("inf")
-                    nf = torch.full((P,), min(k, 4.0 * k_max), dtype=torch.float64)
-                else:  # a pair's relative sigma: its mean over the orders
-                    rel = torch.stack([spread[q] for q in inner]).mean(0).exp()
-                    sig = sigma_bar * rel / float(rel.mean())
-                    nf = _pair_needs(sig, target_floor, 1.0, 4.0 * k_max)
-                need[o][mine] = nf[mine]
+                need[o][mine] = self._order_need(A, float((sd[i] / _c4(count[i])).mean()), rel)[mine]
                 signal[o][mine] = A
                 if f == 0:
                     ratio[o] = float(_SQRT_2_PI * se[i].mean()) / A if A > 0 else float("inf")
         return need, ratio, signal
 
-    need, pratio, psignal = plan_needs()
-    rounds = 0
-    if not reuse:  # more pilot where it is too weak to plan from (planning data only)
-        spare = 0 if budget is None else max(budget - endpoint_evals - pilot_evals, 0)
-        pilot_cap = None if budget is None else pilot_evals + pilot_fraction * spare
-        while rounds < int(pilot_rounds):
-            ext = {}
-            for o in inner:
-                have = int(pilots[o].stats()[0].min())
-                want = int(math.ceil(pilot_fraction * min(float(need[o].mean()), k_max)))
-                if pratio[o] > max_pilot_ratio and want > have:
-                    ext[o] = want - have
-            if budget is not None and ext:
-                est = sum(cost_per_k[o] * e for o, e in ext.items())
-                room = min(pilot_cap - pilot_evals, budget - endpoint_evals - pilot_evals - 1.2 * min_main)
-                if est > room:
-                    scale = max(room, 0.0) / est
-                    ext = {o: int(e * scale) for o, e in ext.items()}
-                    ext = {o: e for o, e in ext.items() if e >= 2}
-            if not ext:
-                break
-            blocks, plans, rows_n = pilot_plan(ext, everyone)
-            if budget is not None and endpoint_evals + pilot_evals + rows_n + min_main > budget:
-                break  # the plan came out larger than estimated: keep the budget for the main stage
-            run_pilot(pilots, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
-            pilot_evals += rows_n
-            rounds += 1
-            need, pratio, psignal = plan_needs()
-    # the cross-fitted pilot is sized from the raw mean |I| (above the signal in expectation, so
-    # the pilot stays below the need) and is then part of the estimate
-    scout_need = {o: float(v.mean()) for o, v in plan_needs(signal_rule="raw")[0].items()} if reuse else {}
+    def _order_need(self, A: float, sigma_bar: float, rel: Optional[torch.Tensor]) -> torch.Tensor:
+        """Real-valued samples per pair [P] that bring one order with signal A and mean per-sample
+        std sigma_bar to the target (one count per order, or ``rel``-weighted per pair)."""
+        k_max = self.p.k_max
+        target_floor = self.p.tau * A / _SQRT_2_PI  # required mean_p sigma_p / sqrt(k_p)
+        if rel is None:
+            k = (sigma_bar / target_floor) ** 2 if target_floor > 0 else float("inf")
+            return torch.full((self.P,), min(k, 4.0 * k_max), dtype=torch.float64)
+        sig = sigma_bar * rel / float(rel.mean())
+        return _pair_needs(sig, target_floor, 1.0, 4.0 * k_max)
 
-    # ---- reuse mode: a cross-fitted pilot, sized from the planning-only pilot above, that is part
-    # of the estimate; the main stage is planned from it alone
-    reused = {o: _Samples(P) for o in inner}
-    reused_evals = 0
-    if reuse and inner:
-        sizes = {o: int(min(max(math.ceil(pilot_fraction * scout_need[o]), k_min), k_max)) for o in inner}
-        gen_pilot = torch.Generator().manual_seed(_derived_seed(seed, 2))
-        blocks, plans, reused_evals = pilot_plan(sizes, fold_pairs)
-        run_pilot(reused, plans, _evaluate(game, torch.cat(blocks), batch_size, progress, "adaptive pilot"))
-        need, pratio, psignal = plan_needs(extra=reused)
-
-    # ---- main stage: fresh contexts, sizes fixed above
-    pilot_count = {o: reused[o].stats()[0] for o in inner}
-
-    def allocate(scale: float, floor_min: int) -> Dict[int, torch.Tensor]:
-        out = {}
-        for o in inner:
-            k = torch.ceil(need[o] * safety * scale)
-            if reuse:  # total samples per pair; the cross-fitted pilot's count towards it
-                lo = max(floor_min, int(pilot_count[o].min()))
-                total = k.clamp(lo, max(k_max, lo)).long()
-                out[o] = (total - pilot_count[o]).clamp_min(0)
+    # ------------------------------------------------------------------------------ main stage
+    def _allocate(self, scale: float, floor_min: int) -> Dict[int, torch.Tensor]:
+        out, p = {}, self.p
+        for o in self.inner:
+            k = torch.ceil(self.need[o] * p.safety * scale)
+            if p.reuse:  # total samples per pair; the cross-fitted pilot's count towards it
+                lo = max(floor_min, int(self.pilot_count[o].min()))
+                total = k.clamp(lo, max(p.k_max, lo)).long()
+                out[o] = (total - self.pilot_count[o]).clamp_min(0)
             else:
-                out[o] = k.clamp(floor_min, k_max).long()
+                out[o] = k.clamp(floor_min, p.k_max).long()
         return out
 
-    def build(alloc):
-        gen_main = torch.Generator().manual_seed(_derived_seed(seed, 1))
+    def _build(self, alloc):
+        gen_main = torch.Generator().manual_seed(_derived_seed(self.seed, 1))
         out, total = {}, 0
-        for o in inner:
+        for o in self.inner:
             if int(alloc[o].max()) == 0:
                 out[o] = None
                 continue
-            rows, idx, pair_of = _shared_samples(n, pairs, order_list[o], alloc[o], gen_main)
+            rows, idx, pair_of = _shared_samples(self.n, self.pairs, self.order_list[o], alloc[o], gen_main)
             out[o] = (rows, idx, pair_of)
             total += len(rows)
         return out, total
 
-    scale, capped, floor_min = 1.0, False, k_min
-    if budget is not None:
-        remaining = budget - endpoint_evals - pilot_evals
+    def _budget_scale(self, floor_min: int) -> None:
+        """The one factor on every order's allocation that fits the main stage into the budget."""
+        remaining = self.p.budget - self.endpoint_evals - self.pilot_evals
 
         def est_cost(s):
-            a = allocate(s, floor_min)
-            return sum(cost_per_k[o] * float(a[o].double().mean()) for o in inner)
+            a = self._allocate(s, floor_min)
+            return sum(self.cost_per_k[o] * float(a[o].double().mean()) for o in self.inner)
 
         if est_cost(1.0) > remaining:
-            capped = True
+            self.capped = True
             lo, hi = 0.0, 1.0
             for _ in range(50):
                 mid = 0.5 * (lo + hi)
@@ -480,98 +539,100 @@ def estimate_adaptive(
                     lo = mid
                 else:
                     hi = mid
-            scale = lo
-    alloc = allocate(scale, floor_min)
-    main, total = build(alloc)
-    while budget is not None and total > budget - endpoint_evals - pilot_evals:
-        # the random plan came out larger than estimated: shrink and rebuild (deterministic;
-        # discard mode only, where the allocation never enters the estimate through the pilot)
-        capped = True
-        remaining = budget - endpoint_evals - pilot_evals
-        smaller = allocate(scale * 0.97 * remaining / total, floor_min)
-        if all(torch.equal(smaller[o], alloc[o]) for o in inner):  # min_contexts binds everywhere
-            if floor_min <= 2:
-                raise RuntimeError(f"cannot fit the main stage into max_evaluations={budget}")
-            floor_min -= 1
-        else:
-            scale *= 0.97 * remaining / total
-        alloc = allocate(scale, floor_min)
-        main, total = build(alloc)
-    for o in _progress(inner, enabled=progress and len(inner) > 1, desc="adaptive main", leave=False, unit="order"):
-        samples = reused[o]  # empty in discard mode
-        if main[o] is not None:
-            r, (a, b, c, d), pair_of = main[o]
-            vo = _evaluate(game, r, batch_size, False, "adaptive main")
-            samples.add(vo[a] - vo[b] - vo[c] + vo[d], pair_of)
-            main[o] = None  # free the rows
-        mean, se, hv, count = _pair_statistics(*samples.flat(), P)
-        values[o], stderr[o], halves[:, o] = mean, se, hv
-        per_pair[o] = count
-        n_samples[o] = int(count.min())
-    main_evals = total
+            self.scale = lo
 
-    # ---- achieved precision
-    floor = _SQRT_2_PI * stderr.mean(1)
-    signal = values.abs().mean(1)
-    ratio = torch.where(floor > 0, floor / signal.clamp_min(1e-300), torch.zeros_like(floor))
-    met = [bool(r <= tau) for r in ratio.tolist()]
-    missed = [order_list[o] for o in range(O) if not met[o]]
-    capped_orders = [order_list[o] for o in inner if float((need[o] * safety * scale).max()) > k_max]
-    planned, pilot_k, pilot_A = [0.0] * O, [0] * O, [float(signal[o]) for o in range(O)]
-    for o in inner:
-        count, _, var = (reused if reuse else pilots)[o].stats()
-        pilot_k[o] = int(pilots[o].stats()[0].min())
-        A = float(psignal[o].mean())
-        pilot_A[o] = A
-        sig = var.sqrt() / _c4(count)
-        k_est = per_pair[o].double() if reuse else alloc[o].double()
-        planned[o] = float(_SQRT_2_PI * (sig / k_est.sqrt()).mean() / A) if A > 0 else float("inf")
-    if missed:
-        log.warning(
-            "adaptive interactions: %d of %d orders miss noise ratio %.3g (orders %s: %s)%s",
-            len(missed), O, tau, missed, [round(float(ratio[order_list.index(m)]), 3) for m in missed],
-            "; the evaluation budget was capped" if capped else "",
+    def _fitted_plan(self):
+        """The main stage's allocation and rows, within the budget if there is one."""
+        budget, floor_min = self.p.budget, self.p.k_min
+        if budget is not None:
+            self._budget_scale(floor_min)
+        alloc = self._allocate(self.scale, floor_min)
+        main, total = self._build(alloc)
+        while budget is not None and total > budget - self.endpoint_evals - self.pilot_evals:
+            # the random plan came out larger than estimated: shrink and rebuild (deterministic;
+            # discard mode only, where the allocation never enters the estimate through the pilot)
+            self.capped = True
+            remaining = budget - self.endpoint_evals - self.pilot_evals
+            smaller = self._allocate(self.scale * 0.97 * remaining / total, floor_min)
+            if all(torch.equal(smaller[o], alloc[o]) for o in self.inner):  # min_contexts binds everywhere
+                if floor_min <= 2:
+                    raise RuntimeError(f"cannot fit the main stage into max_evaluations={budget}")
+                floor_min -= 1
+            else:
+                self.scale *= 0.97 * remaining / total
+            alloc = self._allocate(self.scale, floor_min)
+            main, total = self._build(alloc)
+        return alloc, main, total
+
+    def main_stage(self) -> None:
+        """Fresh contexts, shared by all pairs of an order, up to the planned totals."""
+        self.pilot_count = {o: self.reused[o].stats()[0] for o in self.inner}
+        self.alloc, main, total = self._fitted_plan()
+        enabled = self.progress and len(self.inner) > 1
+        for o in _progress(self.inner, enabled=enabled, desc="adaptive main", leave=False, unit="order"):
+            samples = self.reused[o]  # empty in discard mode
+            if main[o] is not None:
+                r, (a, b, c, d), pair_of = main[o]
+                vo = _evaluate(self.game, r, self.batch_size, False, "adaptive main")
+                samples.add(vo[a] - vo[b] - vo[c] + vo[d], pair_of)
+                main[o] = None  # free the rows
+            mean, se, hv, count = _pair_statistics(*samples.flat(), self.P)
+            self.values[o], self.stderr[o], self.halves[:, o] = mean, se, hv
+            self.per_pair[o] = count
+            self.n_samples[o] = int(count.min())
+        self.main_evals = total
+
+    # ------------------------------------------------------------------------------ the result
+    def _planned(self):
+        """Per order: the noise ratio the plan predicted, the planning pilot's contexts and the
+        signal planned from (the achieved signal at the exact orders)."""
+        O, reuse = self.O, self.p.reuse
+        signal = self.values.abs().mean(1)
+        planned, pilot_k, pilot_A = [0.0] * O, [0] * O, [float(signal[o]) for o in range(O)]
+        for o in self.inner:
+            count, _, var = (self.reused if reuse else self.pilots)[o].stats()
+            pilot_k[o] = int(self.pilots[o].stats()[0].min())
+            A = float(self.psignal[o].mean())
+            pilot_A[o] = A
+            sig = var.sqrt() / _c4(count)
+            k_est = self.per_pair[o].double() if reuse else self.alloc[o].double()
+            planned[o] = float(_SQRT_2_PI * (sig / k_est.sqrt()).mean() / A) if A > 0 else float("inf")
+        return planned, pilot_k, pilot_A
+
+    def result(self) -> InteractionResult:
+        p, O, order_list = self.p, self.O, self.order_list
+        floor = _SQRT_2_PI * self.stderr.mean(1)
+        signal = self.values.abs().mean(1)
+        ratio = torch.where(floor > 0, floor / signal.clamp_min(1e-300), torch.zeros_like(floor))
+        met = [bool(r <= p.tau) for r in ratio.tolist()]
+        missed = [order_list[o] for o in range(O) if not met[o]]
+        capped_orders = [order_list[o] for o in self.inner
+                         if float((self.need[o] * p.safety * self.scale).max()) > p.k_max]
+        planned, pilot_k, pilot_A = self._planned()
+        if missed:
+            log.warning(
+                "adaptive interactions: %d of %d orders miss noise ratio %.3g (orders %s: %s)%s",
+                len(missed), O, p.tau, missed, [round(float(ratio[order_list.index(m)]), 3) for m in missed],
+                "; the evaluation budget was capped" if self.capped else "",
+            )
+        metadata = dict(
+            target_noise=p.tau, allocation=p.allocation, pilot_mode=p.pilot, folds=self.K,
+            noise_ratio=[float(r) for r in ratio], target_met=met, missed_orders=missed,
+            planned_noise_ratio=planned,
+            contexts_per_order=[float(self.per_pair[o].double().mean()) for o in range(O)],
+            pilot_contexts_per_order=pilot_k, pilot_mean_abs_debiased=pilot_A, capped_orders=capped_orders,
+            endpoint_evaluations=int(self.endpoint_evals), pilot_evaluations=int(self.pilot_evals),
+            reused_pilot_contexts_per_order=[int(self.pilot_count[o].min()) if o in self.inner else 0
+                                             for o in range(O)],
+            reused_pilot_evaluations=int(self.reused_evals), main_evaluations=int(self.main_evals),
+            pilot_rounds=self.rounds, max_evaluations=p.budget, budget_capped=bool(self.capped),
+            budget_scale=float(self.scale), settings=p.settings(),
         )
-    metadata = dict(
-        target_noise=tau,
-        allocation=allocation,
-        pilot_mode=pilot,
-        folds=K,
-        noise_ratio=[float(r) for r in ratio],
-        target_met=met,
-        missed_orders=missed,
-        planned_noise_ratio=planned,
-        contexts_per_order=[float(per_pair[o].double().mean()) for o in range(O)],
-        pilot_contexts_per_order=pilot_k,
-        pilot_mean_abs_debiased=pilot_A,
-        capped_orders=capped_orders,
-        endpoint_evaluations=int(endpoint_evals),
-        pilot_evaluations=int(pilot_evals),
-        reused_pilot_contexts_per_order=[int(pilot_count[o].min()) if o in inner else 0 for o in range(O)],
-        reused_pilot_evaluations=int(reused_evals),
-        main_evaluations=int(main_evals),
-        pilot_rounds=rounds,
-        max_evaluations=budget,
-        budget_capped=bool(capped),
-        budget_scale=float(scale),
-        settings=dict(
-            pilot_contexts=k_pilot, min_contexts=k_min, max_contexts=k_max, safety=float(safety),
-            pilot_fraction=float(pilot_fraction), max_pilot_ratio=float(max_pilot_ratio),
-            pilot_rounds=int(pilot_rounds),
-        ),
-    )
-    ragged = bool((per_pair != per_pair[:, :1]).any())
-    return InteractionResult(
-        orders=orders,
-        pairs=pairs,
-        values=values,
-        stderr=stderr,
-        half_values=halves,
-        n_samples=n_samples,
-        n_evaluations=int(endpoint_evals + pilot_evals + reused_evals + main_evals),
-        n_players=n,
-        method="adaptive",
-        seed=int(seed),
-        metadata=metadata,
-        samples_per_pair=per_pair if ragged else None,
-    )
+        ragged = bool((self.per_pair != self.per_pair[:, :1]).any())
+        return InteractionResult(
+            orders=self.orders, pairs=self.pairs, values=self.values, stderr=self.stderr,
+            half_values=self.halves, n_samples=self.n_samples,
+            n_evaluations=int(self.endpoint_evals + self.pilot_evals + self.reused_evals + self.main_evals),
+            n_players=self.n, method="adaptive", seed=self.seed, metadata=metadata,
+            samples_per_pair=self.per_pair if ragged else None,
+        )

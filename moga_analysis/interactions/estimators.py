@@ -357,6 +357,43 @@ def _plan_shared(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generat
     return rows, tuple(t.view(P, k) for t in idx)
 
 
+def _plan_fixed(n: int, pairs: torch.Tensor, orders: torch.Tensor, k: int, method: str, gen: torch.Generator):
+    """Rows of ``k`` contexts per pair at every order (one at the exact orders 0 and n-2) and,
+    per order, (exact, sample indices into the rows)."""
+    plans, row_blocks, offset = [], [], 0
+    for m in orders.tolist():
+        exact = m == 0 or m == n - 2
+        kk = 1 if exact else k
+        if method == "shared" or exact:
+            rows, idx = _plan_shared(n, pairs, m, kk, gen)
+        else:
+            rows, idx = _plan_independent(n, pairs, m, kk, gen)
+        plans.append((exact, tuple(t + offset for t in idx)))
+        row_blocks.append(rows)
+        offset += len(rows)
+    return plans, torch.cat(row_blocks)
+
+
+def _fixed_statistics(v: torch.Tensor, plans, O: int, P: int):
+    """values, stderr, split-half means and samples per order from the game values of the rows."""
+    values = torch.zeros(O, P, dtype=torch.float64)
+    stderr = torch.zeros(O, P, dtype=torch.float64)
+    halves = torch.zeros(2, O, P, dtype=torch.float64)
+    n_samples = torch.zeros(O, dtype=torch.long)
+    for o, (exact, (a, b, c, d)) in enumerate(plans):
+        delta = v[a] - v[b] - v[c] + v[d]  # [P, k]
+        values[o] = delta.mean(1)
+        n_samples[o] = delta.shape[1]
+        if exact:
+            halves[:, o] = values[o]
+            continue
+        stderr[o] = delta.std(1, unbiased=True) / math.sqrt(delta.shape[1])
+        h = delta.shape[1] // 2
+        halves[0, o] = delta[:, :h].mean(1)
+        halves[1, o] = delta[:, h:].mean(1)
+    return values, stderr, halves, n_samples
+
+
 def estimate_interactions(
     game: Game,
     n_players: int,
@@ -383,36 +420,9 @@ def estimate_interactions(
     k = int(n_contexts)
     if k < 2:
         raise ValueError("n_contexts must be >= 2 (a stderr needs two samples)")
-    gen = torch.Generator().manual_seed(int(seed))
-    plans, row_blocks, offset = [], [], 0
-    for m in orders.tolist():
-        exact = m == 0 or m == n - 2
-        kk = 1 if exact else k
-        if method == "shared" or exact:
-            rows, idx = _plan_shared(n, pairs, m, kk, gen)
-        else:
-            rows, idx = _plan_independent(n, pairs, m, kk, gen)
-        plans.append((exact, tuple(t + offset for t in idx)))
-        row_blocks.append(rows)
-        offset += len(rows)
-    masks = torch.cat(row_blocks)
+    plans, masks = _plan_fixed(n, pairs, orders, k, method, torch.Generator().manual_seed(int(seed)))
     v = _evaluate(game, masks, batch_size, progress, f"{method} rows")
-    O, P = len(orders), len(pairs)
-    values = torch.zeros(O, P, dtype=torch.float64)
-    stderr = torch.zeros(O, P, dtype=torch.float64)
-    halves = torch.zeros(2, O, P, dtype=torch.float64)
-    n_samples = torch.zeros(O, dtype=torch.long)
-    for o, (exact, (a, b, c, d)) in enumerate(plans):
-        delta = v[a] - v[b] - v[c] + v[d]  # [P, k]
-        values[o] = delta.mean(1)
-        n_samples[o] = delta.shape[1]
-        if exact:
-            halves[:, o] = values[o]
-            continue
-        stderr[o] = delta.std(1, unbiased=True) / math.sqrt(delta.shape[1])
-        h = delta.shape[1] // 2
-        halves[0, o] = delta[:, :h].mean(1)
-        halves[1, o] = delta[:, h:].mean(1)
+    values, stderr, halves, n_samples = _fixed_statistics(v, plans, len(orders), len(pairs))
     return InteractionResult(
         orders=orders,
         pairs=pairs,
