@@ -184,26 +184,41 @@ def allocator_state() -> str:
     return "mallopt" if _MALLOC_TUNED else "default"
 
 
-def tune_malloc(trim_threshold: int = 16 << 30) -> bool:
+#: the largest value ``mallopt`` takes (its argument is a C ``int``)
+MALLOPT_MAX = 2**31 - 1
+
+
+def tune_malloc(trim_threshold: Optional[int] = None) -> bool:
     """Ask glibc to keep freed memory instead of returning it to the OS.
 
-    Equivalent to starting Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<big>``.  Large
+    Like starting Python with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<big>``.  Large
     activation tensors are otherwise mmap'ed and unmapped on every forward pass, and on a small CPU
-    the page faults cost more than the arithmetic (see the README's benchmarks).  Returns whether
-    the settings were applied (only on Linux with glibc).
+    the page faults cost more than the arithmetic (see the README's benchmarks).
+    ``trim_threshold``: bytes of free memory at the top of the heap before glibc returns it; None
+    (default): never (``mallopt``'s -1).  ``mallopt`` takes a C ``int``, so a threshold is at most
+    :data:`MALLOPT_MAX` (2 GiB); a larger one raises (ctypes would silently keep its low 32 bits:
+    16 GiB used to become 0, a trim after every free).  Returns whether the settings were applied
+    (only on Linux with glibc); a no-op when the environment set them at start-up.
     """
+    if trim_threshold is not None and not 0 <= int(trim_threshold) <= MALLOPT_MAX:
+        raise ValueError(f"trim_threshold must be in [0, {MALLOPT_MAX}] (mallopt takes a C int), or None")
+    value = -1 if trim_threshold is None else int(trim_threshold)
     if sys.platform != "linux":
         return False
+    if allocator_state() == "environment":
+        return True  # glibc read the same settings at start-up (the faster way); leave them
     try:
         libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
         m_trim_threshold, m_mmap_max = -1, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, value) == 1
     except (OSError, AttributeError):
         return False
     if ok:
         global _MALLOC_TUNED
         _MALLOC_TUNED = True
-        log.debug("glibc malloc tuned: mmap off, trim threshold %d", trim_threshold)
+        log.debug("glibc malloc tuned: mmap off, trim threshold %s", "never" if value < 0 else value)
     return ok
 
 

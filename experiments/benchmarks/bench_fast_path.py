@@ -88,13 +88,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="run only the configurations whose name contains one of these")
     args = p.parse_args(argv)
+    configs = [(n, c) for n, c in CONFIGS if args.only is None or any(t in n for t in args.only)]
     if args.quick:
         args.batch_size, args.batches, args.rounds, args.threads = 4, 1, 1, 1
-    speeds = {name: [] for name, _ in CONFIGS}
+    speeds = {name: [] for name, _ in configs}
     states = {}
     for _ in range(args.rounds):
-        for name, cfg in CONFIGS:
+        for name, cfg in configs:
             r = run_one(cfg, args)
             speeds[name].append(r["images_per_s"])
             states[name] = r["allocator"]
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
           f"median of {args.rounds} interleaved rounds of {args.batches} batches")
     print("| configuration | allocator | images/s | / best |")
     print("|---|---|---|---|")
-    for name, _ in CONFIGS:
+    for name, _ in configs:
         print(f"| {name} | {states[name]} | {med[name]:.1f} | {med[name] / best:.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"median": med, "runs": speeds, "allocator": states}, indent=2))
