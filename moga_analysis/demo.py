@@ -39,18 +39,21 @@ RATIOS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95, 1.0)
 class DemoSettings:
     """How much each step computes (the defaults fit about 5 minutes on the 2-core CPU)."""
 
-    fmnist_images: int = 6
+    fmnist_images: int = 5
     grid: int = 8
     pairs: int = 12
-    target_noise: float = 0.25
-    max_evaluations: int = 40_000
-    photo_images: int = 4
+    target_noise: float = 0.6
+    max_evaluations: int = 3_500
+    photo_images: int = 3
     photo_grid: int = 7
     photo_pairs: int = 6
-    photo_target_noise: float = 0.35
-    photo_max_evaluations: int = 6_000
+    photo_target_noise: float = 0.8
+    photo_max_evaluations: int = 1_600
     photo_image_size: Optional[int] = None
-    map_images: int = 2
+    #: pilot and least contexts per pair and order of both curves (small: the targets are loose)
+    pilot_contexts: int = 4
+    min_contexts: int = 4
+    map_images: int = 1
     map_contexts: int = 4
     cam_images: int = 6
     cam_steps: int = 16
@@ -154,11 +157,12 @@ def _steps(out: Path, s: DemoSettings, fm: Path, fm_small: Path, effnet: bool):
     """``(name, group, step)`` of every step, in order."""
     from .interactions import InteractionSettings
 
-    fm_curves = InteractionSettings.precise(s.target_noise, grid=s.grid, pairs=s.pairs, ratios=RATIOS,
-                                            max_evaluations=s.max_evaluations)
+    few = dict(ratios=RATIOS, pilot_contexts=s.pilot_contexts, min_contexts=s.min_contexts)
+    fm_curves = InteractionSettings.precise(s.target_noise, grid=s.grid, pairs=s.pairs,
+                                            max_evaluations=s.max_evaluations, **few)
     ph_curves = InteractionSettings.precise(s.photo_target_noise, grid=s.photo_grid, pairs=s.photo_pairs,
-                                            ratios=RATIOS, max_evaluations=s.photo_max_evaluations,
-                                            image_size=s.photo_image_size)
+                                            max_evaluations=s.photo_max_evaluations, image_size=s.photo_image_size,
+                                            **few)
     steps = [
         ("interactions_fmnist", "interactions",
          lambda: _curves(out / "interactions_fmnist", [FULL, NO_GATE], _first(fm_small, s.fmnist_images), fm_curves)),

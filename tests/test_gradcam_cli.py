@@ -84,8 +84,8 @@ def test_plots_are_pure_functions_of_results():
     import torch
 
     from moga_analysis.erf import ERFResult
-    from moga_analysis.gradcam import CAMResult
     from moga_analysis.erf.plot import erf_display, plot_erf
+    from moga_analysis.gradcam import CAMResult
     from moga_analysis.gradcam.plot import overlay, plot_cam_grid
 
     maps = torch.rand(2, 16, 16)

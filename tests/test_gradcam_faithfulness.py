@@ -11,8 +11,8 @@ from moga_analysis.gradcam.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     faithfulness_metrics,
-    rise_blur,
     randomization_check,
+    rise_blur,
     spearman,
 )
 

@@ -216,7 +216,9 @@ def compute_cams(
                 run.save_item(key, dataclasses.replace(cam, metadata={**cam.metadata, "item": {"model": spec.name}}))
         if display is None:  # the images as the first model sees them
             display, class_names = _display(model, imgs, settings, x), class_names_for(model)
-        log.info("%s: %s", spec.name, results[spec.name].metadata.get("faithfulness"))
+        faith = results[spec.name].metadata.get("faithfulness")
+        if faith is not None:
+            log.info("%s: faithfulness %s", spec.name, faith)
     stack = CAMStack(results, display, results[specs[0].name].metadata["images"], class_names)
     if run is not None:
         _Display((stack.display * 255).round().to(torch.uint8), tuple(stack.images)).save(
