@@ -64,6 +64,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from moga_analysis.models.loading import perturb_weights_  # noqa: E402
+
 SECTIONS = ("environment", "gpu_tests", "masked_eval", "ablation_sweep", "gradcam", "erf", "interactions")
 
 
@@ -201,21 +203,7 @@ def median(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb the state dict in place like the golden reference (layer scales ~ +-0.1, BN stats)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            n = torch.randn(t.shape, generator=g).to(t.dtype)
-            if name.endswith("running_var"):
-                t.copy_((t + 0.3 * n).abs() + 0.5)
-            elif name.endswith(("running_mean", "layer_scale_1", "layer_scale_2", "sigma.scale")):
-                t.add_(0.1 * n)
-            else:
-                t.add_(0.02 * n)
-    return model
+perturb_ = perturb_weights_  # the golden reference's perturbation
 
 
 def _fmt(v: Optional[float], digits: int = 3) -> str:

@@ -53,6 +53,7 @@ from moga_analysis.interactions import (
     reference_pairs,
     relative_strength,
 )
+from moga_analysis.models.loading import perturb_weights_
 
 pytestmark = [
     pytest.mark.gpu,
@@ -71,21 +72,7 @@ GRID = 8
 
 
 # ------------------------------------------------------------------------------------- helpers
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every float tensor of the state dict in place (the golden reference's recipe)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            n = torch.randn(t.shape, generator=g).to(t.dtype)
-            if name.endswith("running_var"):
-                t.copy_((t + 0.3 * n).abs() + 0.5)
-            elif name.endswith(("running_mean", "layer_scale_1", "layer_scale_2", "sigma.scale")):
-                t.add_(0.1 * n)
-            else:
-                t.add_(0.02 * n)
-    return model
+perturb_ = perturb_weights_  # the golden reference's perturbation
 
 
 def perturbed_model(name: str = "moganet_xtiny", seed: int = 0) -> torch.nn.Module:

@@ -51,9 +51,30 @@ from .checkpoints import (
 from .hub import fetch_url, file_sha256, find_local, is_url
 from .hub import weights_dir as _resolve_weights_dir
 
-__all__ = ["load_model", "resolve_model_name", "is_moganet_name", "weights_provenance", "file_sha256"]
+__all__ = ["load_model", "resolve_model_name", "is_moganet_name", "weights_provenance", "file_sha256",
+           "perturb_weights_"]
 
 log = logging.getLogger(__name__)
+
+
+def perturb_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Perturb every float tensor of ``model``'s state dict in place, seeded, the way the golden
+    reference in ``shared/reference`` was made (layer scales and BN means +- 0.1, BN variances
+    |v + 0.3 n| + 0.5, everything else + 0.02 n), so that freshly initialised blocks are not
+    identities.  For tests and speed checks on random weights only; returns ``model``."""
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            n = torch.randn(t.shape, generator=g).to(t.dtype)
+            if name.endswith("running_var"):
+                t.copy_((t + 0.3 * n).abs() + 0.5)
+            elif name.endswith(("running_mean", "layer_scale_1", "layer_scale_2", "sigma.scale")):
+                t.add_(0.1 * n)
+            else:
+                t.add_(0.02 * n)
+    return model
 
 
 def weights_provenance(model: nn.Module) -> Optional[Dict[str, Any]]:
