@@ -203,7 +203,7 @@ def median(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
-perturb_ = perturb_weights_  # the golden reference's perturbation
+perturb_ = perturb_weights_  # blocks away from the identity (see its docstring)
 
 
 def _fmt(v: Optional[float], digits: int = 3) -> str:

@@ -72,7 +72,7 @@ GRID = 8
 
 
 # ------------------------------------------------------------------------------------- helpers
-perturb_ = perturb_weights_  # the golden reference's perturbation
+perturb_ = perturb_weights_  # blocks away from the identity (see its docstring)
 
 
 def perturbed_model(name: str = "moganet_xtiny", seed: int = 0) -> torch.nn.Module:

@@ -58,10 +58,12 @@ log = logging.getLogger(__name__)
 
 
 def perturb_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Perturb every float tensor of ``model``'s state dict in place, seeded, the way the golden
-    reference in ``shared/reference`` was made (layer scales and BN means +- 0.1, BN variances
-    |v + 0.3 n| + 0.5, everything else + 0.02 n), so that freshly initialised blocks are not
-    identities.  For tests and speed checks on random weights only; returns ``model``."""
+    """Perturb every float tensor of ``model``'s state dict in place, seeded, so that freshly
+    initialised blocks are not identities: layer scales, sigma scales and BN means + 0.1 n, BN
+    variances |v + 0.3 n| + 0.5, everything else + 0.02 n (n standard normal, drawn in state-dict
+    order).  Close to the recipe of the golden reference in ``shared/reference``, which also moves
+    BN affine weights and biases by 0.2 n / 0.1 n; not meant to reproduce its files.  For tests and
+    speed checks on random weights only; returns ``model``."""
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, t in model.state_dict().items():
