@@ -209,3 +209,27 @@ def test_maps_cli_writes_maps_and_their_figure(tmp_path):
     assert (tmp_path / "gradcam" / "cam_moganet_xtiny.safetensors").exists()
     with pytest.raises(ValueError, match="--maps"):
         main([*argv, "--maps", "--target-noise", "0.2", "--out", str(tmp_path / "x")])
+
+
+def test_target_noise_flags_reach_the_estimator(tmp_path):
+    """--target-noise, --max-evaluations, --pilot, --pilot-contexts: recorded in the settings, used
+    by the estimator (the per-image result says so), the cap kept, and another pilot mode is a
+    different run (resume refused)."""
+    base = [a for a in SMALL if a not in ("--contexts", "2")]
+    argv = [*base, "--num-images", "1", "--target-noise", "0.5", "--max-evaluations", "3000",
+            "--pilot-contexts", "6"]
+    out = tmp_path / "t"
+    assert main([*argv, "--pilot", "discard", "--out", str(out)]) == 0
+    t, meta = load_tensors(out / "interactions_moganet_xtiny.safetensors")
+    s = meta["settings"]
+    assert (s["method"], s["target_noise"], s["max_evaluations"], s["pilot"], s["pilot_contexts"]) == (
+        "adaptive", 0.5, 3000, "discard", 6)
+    one = InteractionResult.load(out / "moganet_xtiny" / "img_00000.safetensors")
+    assert one.metadata["pilot_mode"] == "discard" and one.metadata["settings"]["pilot_contexts"] == 6
+    assert one.n_evaluations <= 3000 and one.metadata["max_evaluations"] == 3000
+    assert (out / "interactions_precision.md").read_text().count("| moganet_xtiny |") == 3
+    with pytest.raises(ValueError, match="other settings"):
+        main([*argv, "--out", str(out), "--resume"])  # the default pilot mode is weighted
+    assert main([*argv, "--out", str(tmp_path / "w")]) == 0
+    w = InteractionResult.load(tmp_path / "w" / "moganet_xtiny" / "img_00000.safetensors")
+    assert w.metadata["pilot_mode"] == "weighted"

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-noise", type=float, default=0.25)
     p.add_argument("--allocation", default="orders+pairs", choices=["orders", "orders+pairs"])
     p.add_argument("--pilot-contexts", type=int, default=8)
+    p.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
+                   help="estimate_adaptive's pilot mode (default: the library's, weighted)")
     p.add_argument("--min-contexts", type=int, default=8)
     p.add_argument("--max-contexts", type=int, default=1024)
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -186,6 +188,8 @@ def worst_ratio(res) -> float:
 def uniform_need(res, w: float) -> int:
     """Contexts per pair that a uniform estimator needs for worst-order noise ratio ``w``."""
     counts = res.samples_per_pair if res.samples_per_pair is not None else res.n_samples[:, None].expand_as(res.values)
+    if "effective_samples" in res.metadata:  # weighted pilot rounds: the unweighted-equivalent count
+        counts = torch.tensor(res.metadata["effective_samples"], dtype=torch.float64)
     sigma = res.stderr * counts.double().sqrt()
     inner = res.stderr.sum(1) > 0
     need = (SQRT_2_PI * sigma.mean(1) / (w * res.mean_abs())) ** 2
@@ -269,6 +273,7 @@ def main(argv=None):
                     res["c"] = estimate_adaptive(ImageMaskingGame(model, image, target=target, **game_kw), n, pairs,
                                                  orders, target_noise=args.target_noise, seed=seed,
                                                  allocation=args.allocation, pilot_contexts=args.pilot_contexts,
+                                                 pilot=args.pilot,
                                                  min_contexts=args.min_contexts, max_contexts=args.max_contexts)
                     times["c"].append(time.perf_counter() - t0)
                     _note(f"(c) adaptive: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "

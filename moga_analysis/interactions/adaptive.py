@@ -6,8 +6,8 @@ at every evaluated inner order, where the noise floor is ``E_(i,j) sqrt(2/pi) st
 
 Method
 ------
-1. **Planning pilot** (never part of the estimate): ``pilot_contexts`` shared contexts per pair at
-   every inner order.  It gives each order's signal, the noise-corrected mean |I| of
+1. **Planning pilot** (round 0, never part of the estimate): ``pilot_contexts`` shared contexts
+   per pair at every inner order.  It gives each order's signal, the noise-corrected mean |I| of
    :func:`~moga_analysis.interactions.estimators.deconvolved_mean_abs` (the raw mean |I| of a small
    pilot is mostly noise at the middle orders and would under-allocate them), and the per-sample
    standard deviations sigma_p of Delta(i,j,S).  An order needs
@@ -18,46 +18,68 @@ Method
    correlation 0.84-0.99 between orders on the shipped Fashion-MNIST MogaNet).  Orders are
    separate constraints, so the least-cost plan gives each order its own need; ``safety``
    multiplies it.
-2. **Cross-fitted pilot** (``pilot="reuse"`` only, part of the estimate): ``pilot_fraction`` of
+2. **Pilot rounds** (``pilot="weighted"``, the default, and ``"discard"``): an order whose pilot
+   noise ratio is above ``max_pilot_ratio`` while its pilot holds fewer than ``pilot_fraction`` of
+   the samples it needs gets more pilot, up to that fraction, at most ``pilot_rounds`` times,
+   re-planning after each.  ``"weighted"``: round r of e_r samples per pair enters pair p's
+   estimate with the weight ``w_r = e_r / (weight_margin * planned need)``, fixed from the data
+   before the round (all rounds of a pair together at most 0.6); ``"discard"``: the rounds plan
+   only.
+3. **Cross-fitted pilot** (``pilot="reuse"`` only, part of the estimate): ``pilot_fraction`` of
    each order's need (planned from the raw mean |I|, which is above the signal in expectation, so
    the pilot stays below the need; at least ``min_contexts``) per pair, with the pairs in
    K = min(4, P) folds (pair p in fold p mod K) that draw separate contexts, shared within the
    fold.  The final plan for the pairs of fold f comes from the planning pilot and the other folds'
    cross-fitted pilot only.
-3. **Main stage**: fresh contexts, shared by all pairs of an order (the shared estimator of
-   :mod:`.estimators`, which draws exactly the requested number of samples per pair), up to the
-   planned total.
+4. **Main stage**: fresh contexts, shared by all pairs of an order (the shared estimator of
+   :mod:`.estimators`, which draws exactly the requested number of samples per pair).  With
+   weighted rounds (total weight W_p, sum of w_r^2 / e_r U_p) it has the weight R_p = 1 - W_p and
+   N_p = R_p^2 / (1 / k_p - U_p) samples, which gives the variance of k_p unweighted samples
+   (``metadata["effective_samples"]``).
 
 Unbiasedness
 ------------
+* ``pilot="weighted"``: let F_r be everything drawn up to round r.  Round r's count e_r and
+  weights w_r are functions of F_(r-1); its contexts are drawn afterwards, so given F_(r-1) its
+  samples of pair p are i.i.d. draws of Delta(i,j,S), S uniform over the subsets of size m of N
+  minus {i,j} (the shared plan's property), and their mean X_r has E[X_r | F_(r-1)] = I.  The main
+  stage's N_p and weight R_p = 1 - sum_r w_r are functions of everything before it.  The estimate
+  ``sum_r w_r X_r + R X_main`` therefore has expectation I (each term's weight is known before its
+  samples, the weights sum to 1): unbiased, whatever the data did to the plan.  Its errors
+  w_r (X_r - I) are martingale differences, so its variance is E[sum_r w_r^2 sigma^2 / e_r]
+  (main stage included), which the reported ``stderr^2 = sum_r w_r^2 s_r^2 / e_r`` matches in
+  expectation exactly (each s_r^2 is unbiased given the past); the halves (the first half of every
+  stage's samples against the rest, with the same weights) have E[h_0 h_1] = I^2 by the same
+  argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0 has no weight:
+  a weight must be fixed before any data, and one constant for every order would be far from its
+  share where the needs differ 10-20x between orders.  A budget cap is allowed (the scale is a
+  function of the data before the main stage).
+* ``pilot="discard"``: no round enters the estimate; the estimates come only from the main stage,
+  whose allocation is a function of the pilot, so the same statements hold given the pilot.
 * ``pilot="reuse"`` (no budget cap, two or more pairs): pair p's samples at order m are its
   cross-fitted pilot and its main samples; how many it gets, N(m,p), is a function of the planning
   pilot (drawn separately, never in the estimate) and of the other folds' cross-fitted pilot, all
   drawn independently of pair p's cross-fitted pilot.  So N(m,p) is independent of those samples,
-  and the main samples are drawn afterwards, i.i.d. given N(m,p).  Conditional on N(m,p), pair
-  p's N(m,p) samples are therefore i.i.d. draws of Delta(i,j,S), S uniform over the subsets of size
-  m of N minus {i,j}: their mean is unbiased for I^(m)(i,j) given N(m,p), hence unbiased; their
-  sample variance is unbiased, so stderr = std / sqrt(N) is the usual honest one; and a split
-  fixed in advance (the first half of a pair's samples against the rest) gives independent
-  halves, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.
-* ``pilot="discard"`` (the default; needed with ``max_evaluations``): no cross-fitted pilot;
-  the estimates come only from the main stage, whose allocation is a function of the planning pilot
-  alone, so the same three statements hold conditionally on it.  This mode may look at everything
-  (each pair's own pilot variance, more pilot rounds for orders whose pilot is too weak to plan
-  from, and the budget) because none of it enters the estimate.  A budget cap needs it: the scale
-  that fits all orders into the budget depends on every pilot sample, so it cannot be made
-  independent of any one of them.
+  and the main samples are drawn afterwards, i.i.d. given N(m,p): their mean is unbiased, their
+  sample variance honest, and a split fixed in advance gives independent halves.  A budget cap
+  would depend on every pilot sample, so this mode has none.
+* Under a cap, if the main stage's plan, once built, has more rows than estimated, it is shrunk
+  and rebuilt; that shrink looks at the main stage's own context draws (never at a game value),
+  a dependence we do not remove; it happens only when the cap binds.
 
-What would be biased, and is not done: pooling a pilot whose own values decided how many samples
-follow it (its mean enters the signal estimate, and its variance estimate is correlated with its
-mean when Delta is skewed), and any sequential rule that tops an order up until the target is
-met, which looks at |mean| and so biases the mean.  Tests: tests/test_adaptive.py (mean over
-seeds against the closed form at n = 196 and at n = 8, z-score calibration, split halves).
+What would be biased, and is not done: pooling the pilot rounds with equal weight per sample (the
+rounds' values decided how many samples follow them, so their share of the pooled mean would
+depend on their own values), and a sequential rule that tops an order up until the target is met
+and then pools everything.  Tests: tests/test_adaptive.py (mean over seeds against the closed form
+at n = 196 for every mode, with the weighted rounds checked to carry weight, and at n = 8,
+z-score calibration, split halves).
 
 Exact end orders (0 and n-2) have one context each and cost 1 + U + P evaluations (U distinct
 players, P pairs).  Every evaluation, both pilots included, is counted in ``n_evaluations``.
 
 Reported in ``result.metadata``: ``target_noise``, ``allocation``, ``pilot_mode``, ``folds``,
+``pilot_weight`` (per order, the weighted rounds' mean weight), ``effective_samples`` (per order
+and pair),
 ``noise_ratio`` and ``target_met`` per order (achieved, from the final estimates; 0 / True at the
 exact orders), ``missed_orders``, ``planned_noise_ratio``, ``contexts_per_order`` (samples per pair
 in the estimate, mean over pairs), ``pilot_contexts_per_order`` (planning pilot),
@@ -94,10 +116,14 @@ __all__ = ["estimate_adaptive", "ALLOCATIONS", "PILOT_MODES"]
 log = logging.getLogger(__name__)
 
 ALLOCATIONS = ("orders", "orders+pairs")
-PILOT_MODES = ("discard", "reuse")
+PILOT_MODES = ("weighted", "discard", "reuse")
 _SQRT_2_PI = math.sqrt(2 / math.pi)
 #: folds of the cross-fitted pilot
 _FOLDS = 4
+#: weighted mode: the largest total weight of the pilot rounds in a pair's estimate
+_MAX_ROUND_WEIGHT = 0.6
+#: weighted mode: the default pilot_fraction (its rounds are part of the estimate, so they may be larger)
+_WEIGHTED_PILOT_FRACTION = 0.35
 
 
 def _c4(k: torch.Tensor) -> torch.Tensor:
@@ -198,21 +224,26 @@ class _Plan:
     pilot_fraction: float
     max_pilot_ratio: float
     pilot_rounds: int
+    weight_margin: float = 1.25
 
     @property
     def reuse(self) -> bool:
         return self.pilot == "reuse"
 
     def settings(self) -> dict:
-        return dict(
+        out = dict(
             pilot_contexts=self.k_pilot, min_contexts=self.k_min, max_contexts=self.k_max,
             safety=float(self.safety), pilot_fraction=float(self.pilot_fraction),
             max_pilot_ratio=float(self.max_pilot_ratio), pilot_rounds=int(self.pilot_rounds),
         )
+        if self.pilot == "weighted":
+            out["weight_margin"] = float(self.weight_margin)
+        return out
 
 
 def _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation, pilot,
-               safety, pilot_fraction, max_pilot_ratio, pilot_rounds, n_pairs: int) -> _Plan:
+               safety, pilot_fraction, max_pilot_ratio, pilot_rounds, n_pairs: int,
+               weight_margin: float = 1.25) -> _Plan:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {ALLOCATIONS}")
     if pilot not in PILOT_MODES:
@@ -232,16 +263,23 @@ def _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_eva
         raise ValueError("a budget cap needs pilot='discard' (see the module docstring)")
     if pilot == "reuse" and n_pairs < 2:
         raise ValueError("pilot='reuse' needs at least two pairs (it cross-fits over them)")
+    if pilot_fraction is None:
+        pilot_fraction = _WEIGHTED_PILOT_FRACTION if pilot == "weighted" else 0.2
+    if not 0 < pilot_fraction <= 1:
+        raise ValueError("pilot_fraction must be in (0, 1]")
+    if not weight_margin >= 1:
+        raise ValueError("weight_margin must be >= 1")
     return _Plan(tau, k_pilot, k_min, k_max, budget, allocation, pilot, safety, pilot_fraction,
-                 max_pilot_ratio, pilot_rounds)
+                 max_pilot_ratio, pilot_rounds, float(weight_margin))
 
 
 def estimate_adaptive(
     game: Game, n_players: int, pairs, orders, *,
     target_noise: float = 0.1, pilot_contexts: int = 8, min_contexts: int = 8, max_contexts: int = 1024,
     max_evaluations: Optional[int] = None, allocation: str = "orders+pairs", seed: int = 0,
-    batch_size: Optional[int] = None, progress: bool = False, pilot: str = "discard", safety: float = 1.1,
-    pilot_fraction: float = 0.2, max_pilot_ratio: float = 0.35, pilot_rounds: int = 2,
+    batch_size: Optional[int] = None, progress: bool = False, pilot: str = "weighted", safety: float = 1.1,
+    pilot_fraction: Optional[float] = None, max_pilot_ratio: float = 0.35, pilot_rounds: int = 2,
+    weight_margin: float = 1.25,
 ) -> InteractionResult:
     """I^(m)(i,j) with noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost.
 
@@ -253,7 +291,7 @@ def estimate_adaptive(
         pilot_contexts: planning-pilot contexts per pair at every inner order (>= 2).
         min_contexts, max_contexts: bounds on the samples per pair and order in the estimate.
         max_evaluations: cap on the game evaluations of this call, pilot included; never
-            exceeded (needs ``pilot="discard"``).  If it is too small for the pilot plus
+            exceeded (not with ``pilot="reuse"``).  If it is too small for the pilot plus
             ``min_contexts`` everywhere, an error says how many are needed; if the target does
             not fit, every order's allocation is scaled down by one factor, which equalises the
             predicted noise ratio over the orders (``metadata["budget_capped"]``,
@@ -263,16 +301,19 @@ def estimate_adaptive(
         seed: all randomness comes from generators seeded with it; the same seed and game give
             bit-identical results.
         batch_size, progress: as for :func:`estimate_interactions`.
-        pilot: ``"discard"`` (default: the pilot plans only, with more rounds where it is too
-            weak to plan from) or ``"reuse"`` (a cross-fitted pilot that is part of the estimate;
-            no budget cap, two or more pairs).
+        pilot: ``"weighted"`` (default: more pilot rounds where the first is too weak to plan
+            from, part of the estimate with weights fixed before each round), ``"discard"`` (the
+            same rounds plan only) or ``"reuse"`` (a cross-fitted pilot that is part of the
+            estimate; no budget cap, two or more pairs).
         safety: the planned samples are ``safety`` times the estimated need.
         pilot_fraction: reuse mode: the cross-fitted pilot's share of each order's planned need;
-            discard mode, with ``max_pilot_ratio`` and ``pilot_rounds``: an order whose pilot
-            noise ratio exceeds ``max_pilot_ratio`` while its pilot holds fewer than
+            weighted and discard modes, with ``max_pilot_ratio`` and ``pilot_rounds``: an order
+            whose pilot noise ratio exceeds ``max_pilot_ratio`` while its pilot holds fewer than
             ``pilot_fraction`` of the samples it needs gets its pilot extended to that fraction,
             at most ``pilot_rounds`` times (under a cap, the extensions use at most
-            ``pilot_fraction`` of it).
+            ``pilot_fraction`` of it).  None: 0.35 in weighted mode, 0.2 otherwise.
+        weight_margin: weighted mode: a round's weight is its share of the planned need divided
+            by this (>= 1).
 
     Returns an :class:`InteractionResult` with ``method="adaptive"`` and the achieved precision in
     ``metadata``; orders that miss the target are logged as warnings.
@@ -281,7 +322,7 @@ def estimate_adaptive(
     pairs = _check_pairs(pairs, n)
     orders = _check_orders(orders, n)
     plan = _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation,
-                      pilot, safety, pilot_fraction, max_pilot_ratio, pilot_rounds, len(pairs))
+                      pilot, safety, pilot_fraction, max_pilot_ratio, pilot_rounds, len(pairs), weight_margin)
     run = _AdaptiveRun(game, n, pairs, orders, plan, int(seed), batch_size, progress)
     run.first_pilot()
     run.plan()
@@ -313,6 +354,11 @@ class _AdaptiveRun:
         self.n_samples = torch.ones(O, dtype=torch.long)
         self.per_pair = torch.ones(O, P, dtype=torch.long)
         self.pilots = {o: _Samples(P) for o in self.inner}
+        # weighted mode: the pilot rounds in the estimate, their total weight and sum of w^2 / N per pair
+        self.round_samples = {o: [] for o in self.inner}
+        self.round_weight = {o: torch.zeros(P, dtype=torch.float64) for o in self.inner}
+        self.round_units = {o: torch.zeros(P, dtype=torch.float64) for o in self.inner}
+        self.effective = {}  # samples per pair that give the same variance unweighted
         self.reused = {o: _Samples(P) for o in self.inner}
         self.endpoint_evals = self.pilot_evals = self.reused_evals = self.main_evals = 0
         self.rounds = 0
@@ -322,15 +368,16 @@ class _AdaptiveRun:
         return _evaluate(self.game, rows, self.batch_size, progress, "adaptive pilot")
 
     # ------------------------------------------------------------------------------ pilots
-    def _pilot_rows(self, needs: Dict[int, int], groups):
+    def _pilot_rows(self, needs: Dict[int, int], groups, gen: Optional[torch.Generator] = None, off: int = 0):
         """Rows and sample indices of ``needs[o]`` more contexts per pair, drawn separately for each
-        group of pairs (shared within a group)."""
-        blocks, plans, off = [], [], 0
+        group of pairs (shared within a group) from ``gen`` (the planning pilot's by default), row
+        indices counted from ``off``; returns (blocks, plans, the offset after them)."""
+        gen = self.gen_pilot if gen is None else gen
+        blocks, plans = [], []
         for o, k in needs.items():
             for members in groups:
                 need = torch.full((len(members),), k, dtype=torch.long)
-                rows, idx, local = _shared_samples(self.n, self.pairs[members], self.order_list[o], need,
-                                                   self.gen_pilot)
+                rows, idx, local = _shared_samples(self.n, self.pairs[members], self.order_list[o], need, gen)
                 plans.append((o, tuple(t + off for t in idx), members[local], len(rows)))
                 blocks.append(rows)
                 off += len(rows)
@@ -341,17 +388,27 @@ class _AdaptiveRun:
         for o, (a, b, c, d), pair_of, _ in plans:
             store[o].add(v[a] - v[b] - v[c] + v[d], pair_of)
 
-    def first_pilot(self) -> None:
-        """The exact end orders and the first planning-pilot round, evaluated together."""
-        p, n = self.p, self.n
+    def _endpoint_rows(self):
+        """Rows of the exact end orders (one context each) and their sample indices."""
         end_blocks, end_plans, offset = [], {}, 0
         for o, m in enumerate(self.order_list):
             if o in self.inner:
                 continue
-            rows, idx = _plan_shared(n, self.pairs, m, 1, self.gen_pilot)
+            rows, idx = _plan_shared(self.n, self.pairs, m, 1, self.gen_pilot)
             end_plans[o] = tuple(t + offset for t in idx)
             end_blocks.append(rows)
             offset += len(rows)
+        return end_blocks, end_plans, offset
+
+    def _store_endpoints(self, end_plans, v) -> None:
+        for o, (a, b, c, d) in end_plans.items():
+            self.values[o] = (v[a] - v[b] - v[c] + v[d])[:, 0]
+            self.halves[:, o] = self.values[o]
+
+    def first_pilot(self) -> None:
+        """The exact end orders and the first planning-pilot round, evaluated together."""
+        p, n = self.p, self.n
+        end_blocks, end_plans, offset = self._endpoint_rows()
         self.endpoint_evals = offset
         blocks, plans, pilot_rows = self._pilot_rows({o: p.k_pilot for o in self.inner}, [torch.arange(self.P)])
         # evaluations per (sample per pair) at each order, from the pilot's plan
@@ -369,9 +426,7 @@ class _AdaptiveRun:
             )
         all_rows = torch.cat(end_blocks + blocks) if (end_blocks or blocks) else torch.zeros(0, n, dtype=torch.bool)
         v = self._evaluate(all_rows, self.progress)
-        for o, (a, b, c, d) in end_plans.items():
-            self.values[o] = (v[a] - v[b] - v[c] + v[d])[:, 0]
-            self.halves[:, o] = self.values[o]
+        self._store_endpoints(end_plans, v)
         self._add_samples(self.pilots, plans, v[offset:])
         self.pilot_evals = pilot_rows
 
@@ -381,17 +436,18 @@ class _AdaptiveRun:
         budget, endpoint_evals = p.budget, self.endpoint_evals
         spare = 0 if budget is None else max(budget - endpoint_evals - self.pilot_evals, 0)
         pilot_cap = None if budget is None else self.pilot_evals + p.pilot_fraction * spare
+        spent = lambda: self.pilot_evals + self.reused_evals  # noqa: E731
         while self.rounds < int(p.pilot_rounds):
             ext = {}
             for o in self.inner:
                 have = int(self.pilots[o].stats()[0].min())
                 want = int(math.ceil(p.pilot_fraction * min(float(self.need[o].mean()), p.k_max)))
                 if self.pratio[o] > p.max_pilot_ratio and want > have:
-                    ext[o] = want - have
+                    # a weighted round needs two samples per pair for its stderr
+                    ext[o] = max(want - have, 2) if p.pilot == "weighted" else want - have
             if budget is not None and ext:
                 est = sum(self.cost_per_k[o] * e for o, e in ext.items())
-                room = min(pilot_cap - self.pilot_evals,
-                           budget - endpoint_evals - self.pilot_evals - 1.2 * self.min_main)
+                room = min(pilot_cap - spent(), budget - endpoint_evals - spent() - 1.2 * self.min_main)
                 if est > room:
                     scale = max(room, 0.0) / est
                     ext = {o: int(e * scale) for o, e in ext.items()}
@@ -399,12 +455,42 @@ class _AdaptiveRun:
             if not ext:
                 break
             blocks, plans, rows_n = self._pilot_rows(ext, [torch.arange(self.P)])
-            if budget is not None and endpoint_evals + self.pilot_evals + rows_n + self.min_main > budget:
+            if budget is not None and endpoint_evals + spent() + rows_n + self.min_main > budget:
                 break  # the plan came out larger than estimated: keep the budget for the main stage
-            self._add_samples(self.pilots, plans, self._evaluate(torch.cat(blocks), self.progress))
-            self.pilot_evals += rows_n
+            weights = self._round_weights(ext) if p.pilot == "weighted" else None  # fixed before the values
+            v = self._evaluate(torch.cat(blocks), self.progress)
+            self._add_samples(self.pilots, plans, v)
+            if weights is not None:
+                self._keep_round(ext, weights, plans, v)
+                self.reused_evals += rows_n
+            else:
+                self.pilot_evals += rows_n
             self.rounds += 1
             self.plan()
+
+    def _round_weights(self, ext: Dict[int, int]) -> Dict[int, torch.Tensor]:
+        """Weighted mode: the weight of a round of ``ext[o]`` samples per pair in the estimate, fixed
+        from the data before it: its share of the planned need, over ``weight_margin`` (a smaller
+        weight costs little when the need was overestimated and keeps the target reachable when it
+        was underestimated), with at most ``_MAX_ROUND_WEIGHT`` for all rounds of a pair together."""
+        out = {}
+        for o, e in ext.items():
+            planned = (self.need[o] * self.p.safety).clamp(min=float(e), max=float(self.p.k_max))
+            w = e / (self.p.weight_margin * planned)
+            out[o] = torch.minimum(w, (_MAX_ROUND_WEIGHT - self.round_weight[o]).clamp_min(0))
+        return out
+
+    def _keep_round(self, ext, weights, plans, v) -> None:
+        for o, w in weights.items():
+            store = _Samples(self.P)
+            self._add_samples({o: store}, [pl for pl in plans if pl[0] == o], v)
+            self.round_samples[o].append((store, w))
+            self.round_weight[o] = self.round_weight[o] + w
+            self.round_units[o] = self.round_units[o] + w**2 / ext[o]
+
+    def round_count(self, o: int) -> int:
+        """Samples per pair of the weighted pilot rounds at order o."""
+        return sum(int(st.stats()[0].min()) for st, _ in self.round_samples[o])
 
     def cross_fitted_pilot(self) -> None:
         """Reuse mode: a cross-fitted pilot, part of the estimate, sized from the raw mean |I| of the
@@ -464,26 +550,37 @@ class _AdaptiveRun:
             return need, ratio, signal
         for f in range(folds):
             mine = self.fold_of == f if folds > 1 else torch.ones(P, dtype=torch.bool)
-            stats = {o: self._combined(o, extra, ~mine) for o in inner}
-            count = torch.stack([stats[o][0] for o in inner])  # [O_in, P]
-            mean = torch.stack([stats[o][1] for o in inner])
-            sd = torch.stack([stats[o][2] for o in inner]).sqrt()
-            se = sd / count.sqrt()
-            if signal_rule == "raw":
-                A_all = mean.abs().mean(1)
-            else:
-                lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
-                A_all = torch.maximum(deconvolved_mean_abs(mean, se), lower)
-            rel = None
-            if self.p.allocation == "orders+pairs":  # a pair's relative sigma: its mean over the orders
-                spread = self._log_spread(stats)
-                rel = torch.stack([spread[q] for q in inner]).mean(0).exp()
-            for i, o in enumerate(inner):
-                A = float(A_all[i])
-                need[o][mine] = self._order_need(A, float((sd[i] / _c4(count[i])).mean()), rel)[mine]
-                signal[o][mine] = A
+            n_f, r_f, s_f = self._needs_from({o: self._combined(o, extra, ~mine) for o in inner}, signal_rule)
+            for o in inner:
+                need[o][mine] = n_f[o][mine]
+                signal[o][mine] = s_f[o]
                 if f == 0:
-                    ratio[o] = float(_SQRT_2_PI * se[i].mean()) / A if A > 0 else float("inf")
+                    ratio[o] = r_f[o]
+        return need, ratio, signal
+
+    def _needs_from(self, stats, signal_rule: str = "debiased"):
+        """need[o] [P], ratio[o] and signal[o] (see :meth:`_needs`) planned from per-pair
+        ``stats[o] = (count, mean, var)``."""
+        inner = self.inner
+        count = torch.stack([stats[o][0] for o in inner])  # [O_in, P]
+        mean = torch.stack([stats[o][1] for o in inner])
+        sd = torch.stack([stats[o][2] for o in inner]).sqrt()
+        se = sd / count.sqrt()
+        if signal_rule == "raw":
+            A_all = mean.abs().mean(1)
+        else:
+            lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
+            A_all = torch.maximum(deconvolved_mean_abs(mean, se), lower)
+        rel = None
+        if self.p.allocation == "orders+pairs":  # a pair's relative sigma: its mean over the orders
+            spread = self._log_spread(stats)
+            rel = torch.stack([spread[q] for q in inner]).mean(0).exp()
+        need, ratio, signal = {}, {}, {}
+        for i, o in enumerate(inner):
+            A = float(A_all[i])
+            need[o] = self._order_need(A, float((sd[i] / _c4(count[i])).mean()), rel)
+            signal[o] = A
+            ratio[o] = float(_SQRT_2_PI * se[i].mean()) / A if A > 0 else float("inf")
         return need, ratio, signal
 
     def _order_need(self, A: float, sigma_bar: float, rel: Optional[torch.Tensor]) -> torch.Tensor:
@@ -502,7 +599,13 @@ class _AdaptiveRun:
         out, p = {}, self.p
         for o in self.inner:
             k = torch.ceil(self.need[o] * p.safety * scale)
-            if p.reuse:  # total samples per pair; the cross-fitted pilot's count towards it
+            if p.pilot == "weighted" and bool((self.round_weight[o] > 0).any()):
+                # effective samples k = 1 / (U + R^2 / N_main) with U = sum w^2 / N of the rounds
+                R2, U = (1 - self.round_weight[o]) ** 2, self.round_units[o]
+                room = 1 / k.clamp(1, 4.0 * p.k_max) - U
+                main = torch.where(room > 1e-12, torch.ceil(R2 / room.clamp_min(1e-12)), torch.full_like(k, p.k_max))
+                out[o] = main.clamp(max(2, floor_min - int(self.round_count(o))), p.k_max).long()
+            elif p.reuse:  # total samples per pair; the cross-fitted pilot's count towards it
                 lo = max(floor_min, int(self.pilot_count[o].min()))
                 total = k.clamp(lo, max(p.k_max, lo)).long()
                 out[o] = (total - self.pilot_count[o]).clamp_min(0)
@@ -510,8 +613,8 @@ class _AdaptiveRun:
                 out[o] = k.clamp(floor_min, p.k_max).long()
         return out
 
-    def _build(self, alloc):
-        gen_main = torch.Generator().manual_seed(_derived_seed(self.seed, 1))
+    def _build(self, alloc, stage: int = 1):
+        gen_main = torch.Generator().manual_seed(_derived_seed(self.seed, stage))
         out, total = {}, 0
         for o in self.inner:
             if int(alloc[o].max()) == 0:
@@ -522,51 +625,59 @@ class _AdaptiveRun:
             total += len(rows)
         return out, total
 
-    def _budget_scale(self, floor_min: int) -> None:
-        """The one factor on every order's allocation that fits the main stage into the budget."""
-        remaining = self.p.budget - self.endpoint_evals - self.pilot_evals
+    def _budget_scale(self, allocate, remaining: float, floor_min: int):
+        """The one factor on every order's allocation that fits ``allocate``'s plan into
+        ``remaining`` evaluations (estimated from the pilot's cost per sample), and whether it binds."""
 
         def est_cost(s):
-            a = self._allocate(s, floor_min)
+            a = allocate(s, floor_min)
             return sum(self.cost_per_k[o] * float(a[o].double().mean()) for o in self.inner)
 
-        if est_cost(1.0) > remaining:
-            self.capped = True
-            lo, hi = 0.0, 1.0
-            for _ in range(50):
-                mid = 0.5 * (lo + hi)
-                if est_cost(mid) <= 0.98 * remaining:
-                    lo = mid
-                else:
-                    hi = mid
-            self.scale = lo
+        if est_cost(1.0) <= remaining:
+            return 1.0, False
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if est_cost(mid) <= 0.98 * remaining:
+                lo = mid
+            else:
+                hi = mid
+        return lo, True
+
+    def _fit(self, allocate, remaining: Optional[float], stage: int):
+        """``allocate(scale, floor_min)``'s plan and rows drawn with the generator of ``stage``,
+        within ``remaining`` evaluations if that is given; returns (alloc, rows, total, scale, capped)."""
+        floor_min, scale, capped = self.p.k_min, 1.0, False
+        if remaining is not None:
+            scale, capped = self._budget_scale(allocate, remaining, floor_min)
+        alloc = allocate(scale, floor_min)
+        main, total = self._build(alloc, stage)
+        while remaining is not None and total > remaining:
+            # the random plan came out larger than estimated: shrink and rebuild (deterministic)
+            capped = True
+            smaller = allocate(scale * 0.97 * remaining / total, floor_min)
+            if all(torch.equal(smaller[o], alloc[o]) for o in self.inner):  # min_contexts binds everywhere
+                if floor_min <= 2:
+                    raise RuntimeError(f"cannot fit the main stage into max_evaluations={self.p.budget}")
+                floor_min -= 1
+            else:
+                scale *= 0.97 * remaining / total
+            alloc = allocate(scale, floor_min)
+            main, total = self._build(alloc, stage)
+        return alloc, main, total, scale, capped
 
     def _fitted_plan(self):
         """The main stage's allocation and rows, within the budget if there is one."""
-        budget, floor_min = self.p.budget, self.p.k_min
-        if budget is not None:
-            self._budget_scale(floor_min)
-        alloc = self._allocate(self.scale, floor_min)
-        main, total = self._build(alloc)
-        while budget is not None and total > budget - self.endpoint_evals - self.pilot_evals:
-            # the random plan came out larger than estimated: shrink and rebuild (deterministic;
-            # discard mode only, where the allocation never enters the estimate through the pilot)
-            self.capped = True
-            remaining = budget - self.endpoint_evals - self.pilot_evals
-            smaller = self._allocate(self.scale * 0.97 * remaining / total, floor_min)
-            if all(torch.equal(smaller[o], alloc[o]) for o in self.inner):  # min_contexts binds everywhere
-                if floor_min <= 2:
-                    raise RuntimeError(f"cannot fit the main stage into max_evaluations={budget}")
-                floor_min -= 1
-            else:
-                self.scale *= 0.97 * remaining / total
-            alloc = self._allocate(self.scale, floor_min)
-            main, total = self._build(alloc)
+        budget = self.p.budget
+        remaining = None if budget is None else budget - self.endpoint_evals - self.pilot_evals - self.reused_evals
+        alloc, main, total, self.scale, self.capped = self._fit(self._allocate, remaining, 1)
         return alloc, main, total
 
     def main_stage(self) -> None:
         """Fresh contexts, shared by all pairs of an order, up to the planned totals."""
         self.pilot_count = {o: self.reused[o].stats()[0] for o in self.inner}
+        if self.p.pilot == "weighted":
+            self.pilot_count = {o: torch.full((self.P,), self.round_count(o), dtype=torch.long) for o in self.inner}
         self.alloc, main, total = self._fitted_plan()
         enabled = self.progress and len(self.inner) > 1
         for o in _progress(self.inner, enabled=enabled, desc="adaptive main", leave=False, unit="order"):
@@ -577,10 +688,24 @@ class _AdaptiveRun:
                 samples.add(vo[a] - vo[b] - vo[c] + vo[d], pair_of)
                 main[o] = None  # free the rows
             mean, se, hv, count = _pair_statistics(*samples.flat(), self.P)
+            self.effective[o] = count.double()
+            if self.round_samples[o]:
+                self.effective[o] = 1 / (self.round_units[o] + (1 - self.round_weight[o]) ** 2 / count.double())
+                mean, se, hv, count = self._with_rounds(o, mean, se, hv, count)
             self.values[o], self.stderr[o], self.halves[:, o] = mean, se, hv
             self.per_pair[o] = count
             self.n_samples[o] = int(count.min())
         self.main_evals = total
+
+    def _with_rounds(self, o, mean, se, hv, count):
+        """Weighted mode: the main stage (weight 1 - sum of the rounds' weights) and the weighted
+        pilot rounds of order o together: values, stderr (sum of w^2 se^2), halves, counts."""
+        R = 1 - self.round_weight[o]
+        mean, var, hv = R * mean, (R * se) ** 2, R * hv
+        for store, w in self.round_samples[o]:
+            m_r, se_r, hv_r, c_r = _pair_statistics(*store.flat(), self.P)
+            mean, var, hv, count = mean + w * m_r, var + (w * se_r) ** 2, hv + w * hv_r, count + c_r
+        return mean, var.sqrt(), hv, count
 
     # ------------------------------------------------------------------------------ the result
     def _planned(self):
@@ -596,6 +721,9 @@ class _AdaptiveRun:
             pilot_A[o] = A
             sig = var.sqrt() / _c4(count)
             k_est = self.per_pair[o].double() if reuse else self.alloc[o].double()
+            if self.round_samples[o]:  # effective samples of the weighted rounds and the main stage
+                R = 1 - self.round_weight[o]
+                k_est = 1 / (self.round_units[o] + R**2 / self.alloc[o].double())
             planned[o] = float(_SQRT_2_PI * (sig / k_est.sqrt()).mean() / A) if A > 0 else float("inf")
         return planned, pilot_k, pilot_A
 
@@ -627,6 +755,9 @@ class _AdaptiveRun:
             reused_pilot_evaluations=int(self.reused_evals), main_evaluations=int(self.main_evals),
             pilot_rounds=self.rounds, max_evaluations=p.budget, budget_capped=bool(self.capped),
             budget_scale=float(self.scale), settings=p.settings(),
+            pilot_weight=[float(self.round_weight[o].mean()) if o in self.inner else 0.0 for o in range(O)],
+            effective_samples=[self.effective[o].tolist() if o in self.effective else [1.0] * self.P
+                               for o in range(O)],
         )
         ragged = bool((self.per_pair != self.per_pair[:, :1]).any())
         return InteractionResult(
@@ -636,3 +767,4 @@ class _AdaptiveRun:
             n_players=self.n, method="adaptive", seed=self.seed, metadata=metadata,
             samples_per_pair=self.per_pair if ragged else None,
         )
+

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-contexts", type=int, default=8, help="with a target: contexts per pair and order, at least")
     g.add_argument("--max-contexts", type=int, default=1024, help="with a target: contexts per pair and order, at most")
     g.add_argument("--pilot-contexts", type=int, default=8, help="with a target: pilot contexts per pair and order")
+    g.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
+                   help="with a target: the pilot's later rounds enter the estimate with weights fixed before they "
+                   "are drawn (weighted, default), plan only (discard), or a cross-fitted pilot (reuse)")
     g.add_argument("--ratios", type=float, nargs="+", default=None,
                    help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios; with --maps those "
                    "inside the bands)")
@@ -94,7 +97,7 @@ def settings_from_args(args: argparse.Namespace):
         return InteractionSettings.precise(0.1 if args.target_noise is None else args.target_noise,
                                            pilot_contexts=args.pilot_contexts, min_contexts=args.min_contexts,
                                            max_contexts=args.max_contexts, max_evaluations=args.max_evaluations,
-                                           **overrides)
+                                           pilot=args.pilot, **overrides)
     if args.max_evaluations is not None:
         raise ValueError("--max-evaluations caps the adaptive estimator: give --target-noise too")
     preset = InteractionSettings.reference if args.protocol == "reference" else InteractionSettings.efficient

@@ -33,6 +33,7 @@ import torch
 
 from ..results import SavableResult, load_tensors, save_tensors, write_table
 from ..runs import RunFolder, SkippedItem, safe_name, weights_record
+from .adaptive import PILOT_MODES
 from .design import REFERENCE_RATIOS, orders_from_ratios, reference_pairs
 from .estimators import InteractionResult, estimate_interactions
 from .games import BASELINES, OUTPUTS, ImageMaskingGame
@@ -74,7 +75,8 @@ class InteractionSettings:
     estimator: ``"independent"`` (the reference protocol) or ``"shared"`` with ``contexts`` samples
     per pair and order, or ``"adaptive"``: as many shared contexts per order as it takes to reach
     noise floor / mean |I^(m)| <= ``target_noise`` at every order (a pilot of ``pilot_contexts``,
-    then ``min_contexts`` .. ``max_contexts`` per pair, at most ``max_evaluations`` per image; see
+    then ``min_contexts`` .. ``max_contexts`` per pair, at most ``max_evaluations`` per image, the
+    pilot rounds in the estimate with fixed weights unless ``pilot="discard"``; see
     :func:`~moga_analysis.interactions.adaptive.estimate_adaptive`).  ``dtype``/``memory_format``
     how the model runs (``"auto"``: channels_last for conv nets, model and input together);
     ``image_size``: None for the model's own.
@@ -98,6 +100,7 @@ class InteractionSettings:
     min_contexts: int = 8
     max_contexts: int = 1024
     max_evaluations: Optional[int] = None
+    pilot: str = "weighted"
     map_radius: int = 1
     map_neighbourhood: str = "right_down"
 
@@ -119,6 +122,8 @@ class InteractionSettings:
             raise ValueError("the adaptive method needs a target_noise, and a target_noise needs method='adaptive'")
         if self.target_noise is not None and not 0 < float(self.target_noise) < 10:
             raise ValueError(f"target_noise is a ratio noise floor / mean |I|, e.g. 0.1; got {self.target_noise}")
+        if self.pilot not in PILOT_MODES:
+            raise ValueError(f"unknown pilot mode {self.pilot!r}; choose one of {', '.join(PILOT_MODES)}")
 
     @classmethod
     def reference(cls, **overrides: Any) -> "InteractionSettings":
@@ -163,7 +168,7 @@ class InteractionSettings:
         d = dataclasses.asdict(self)
         d["ratios"] = list(self.ratios)
         if self.method != "adaptive":
-            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations"):
+            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations", "pilot"):
                 d.pop(key)
         else:
             d.pop("contexts")
@@ -207,7 +212,7 @@ def image_interactions(
         res = estimate_adaptive(game, n, pairs, orders, target_noise=settings.target_noise,
                                 pilot_contexts=settings.pilot_contexts, min_contexts=settings.min_contexts,
                                 max_contexts=settings.max_contexts, max_evaluations=settings.max_evaluations,
-                                seed=seed + 1, progress=progress)
+                                pilot=settings.pilot, seed=seed + 1, progress=progress)
     else:
         res = estimate_interactions(game, n, pairs, orders, int(settings.contexts), method=settings.method,
                                     seed=seed + 1, progress=progress)
