@@ -39,7 +39,7 @@ RATIOS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95, 1.0)
 class DemoSettings:
     """How much each step computes (the defaults fit about 5 minutes on the 2-core CPU)."""
 
-    fmnist_images: int = 5
+    fmnist_images: int = 4
     grid: int = 8
     pairs: int = 12
     target_noise: float = 0.6
@@ -58,7 +58,7 @@ class DemoSettings:
     cam_images: int = 6
     cam_steps: int = 16
     erf_images: int = 16
-    ablation_images: int = 300
+    ablation_images: int = 200
 
     @classmethod
     def quick(cls) -> "DemoSettings":

@@ -368,16 +368,15 @@ class _AdaptiveRun:
         return _evaluate(self.game, rows, self.batch_size, progress, "adaptive pilot")
 
     # ------------------------------------------------------------------------------ pilots
-    def _pilot_rows(self, needs: Dict[int, int], groups, gen: Optional[torch.Generator] = None, off: int = 0):
+    def _pilot_rows(self, needs: Dict[int, int], groups):
         """Rows and sample indices of ``needs[o]`` more contexts per pair, drawn separately for each
-        group of pairs (shared within a group) from ``gen`` (the planning pilot's by default), row
-        indices counted from ``off``; returns (blocks, plans, the offset after them)."""
-        gen = self.gen_pilot if gen is None else gen
-        blocks, plans = [], []
+        group of pairs (shared within a group); returns (blocks, plans, rows in all)."""
+        blocks, plans, off = [], [], 0
         for o, k in needs.items():
             for members in groups:
                 need = torch.full((len(members),), k, dtype=torch.long)
-                rows, idx, local = _shared_samples(self.n, self.pairs[members], self.order_list[o], need, gen)
+                rows, idx, local = _shared_samples(self.n, self.pairs[members], self.order_list[o], need,
+                                                   self.gen_pilot)
                 plans.append((o, tuple(t + off for t in idx), members[local], len(rows)))
                 blocks.append(rows)
                 off += len(rows)
