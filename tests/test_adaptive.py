@@ -179,6 +179,24 @@ def test_endpoint_orders_exact(game196):
     assert r.metadata["noise_ratio"][0] == 0.0 and r.metadata["target_met"][0]
 
 
+def test_weighted_round_weights_follow_weight_margin(game196):
+    """The rounds' sizes never depend on their weights, so the weights scale as 1 / weight_margin
+    (below the 0.6 cap); the weighting can only lose against equal weights (effective samples at
+    most the samples drawn); and weight_margin is recorded."""
+    g, n, pairs, orders, _ = game196
+    kw = dict(target_noise=0.15, seed=4, pilot_contexts=4, max_pilot_ratio=0.0)
+    a = estimate_adaptive(noisy(g, 0.3, 21), n, pairs, orders, weight_margin=1.25, **kw)
+    b = estimate_adaptive(noisy(g, 0.3, 21), n, pairs, orders, weight_margin=2.5, **kw)
+    wa, wb = torch.tensor(a.metadata["pilot_weight"]), torch.tensor(b.metadata["pilot_weight"])
+    assert float(wa.max()) > 0.1 and float(wa.max()) < 0.6
+    torch.testing.assert_close(wb * 2.5, wa * 1.25, rtol=1e-12, atol=0)
+    assert a.metadata["reused_pilot_evaluations"] == b.metadata["reused_pilot_evaluations"] > 0
+    assert a.metadata["settings"]["weight_margin"] == 1.25 and b.metadata["settings"]["weight_margin"] == 2.5
+    eff = torch.tensor(a.metadata["effective_samples"], dtype=torch.float64)[1:-1]
+    drawn = a.samples_per_pair[1:-1].double()
+    assert bool((eff <= drawn + 1e-9).all()) and bool((eff < drawn - 0.5).any())
+
+
 @pytest.mark.parametrize("pilot", ["weighted", "reuse", "discard"])
 def test_split_halves_stay_unbiased_for_the_mean_square(game196, pilot):
     g, n, pairs, orders, truth = game196

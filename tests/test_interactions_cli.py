@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from moga_analysis.data import sample_image_paths
-from moga_analysis.interactions import InteractionResult, main
+from moga_analysis.interactions import InteractionResult, InteractionSettings, main
 from moga_analysis.results import load_tensors
 
 SMALL = [
@@ -233,3 +233,5 @@ def test_target_noise_flags_reach_the_estimator(tmp_path):
     assert main([*argv, "--out", str(tmp_path / "w")]) == 0
     w = InteractionResult.load(tmp_path / "w" / "moganet_xtiny" / "img_00000.safetensors")
     assert w.metadata["pilot_mode"] == "weighted"
+    with pytest.raises(ValueError, match="unknown pilot mode"):
+        InteractionSettings.precise(0.2, pilot="sometimes")

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from moga_analysis.interactions import REFERENCE_RATIOS, ImageMaskingGame, orders_from_ratios, reference_pairs
-    from moga_analysis.interactions.adaptive import _c4
+    from moga_analysis.interactions.adaptive import _c4, planning_signal
     from moga_analysis.interactions.estimators import _evaluate, _shared_samples, deconvolved_mean_abs
     from moga_analysis.models.loading import load_model
     from moga_analysis.runtime import prepare_model, tune_malloc
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
                     s = torch.gather(deltas[m], 1, torch.randint(0, K, (P, n0), generator=g))
                     mean, sd = s.mean(1), s.std(1)
                     se = sd / math.sqrt(n0)
-                    lower = float((mean.abs() - SQRT_2_PI * se).mean())
-                    A = max(float(deconvolved_mean_abs(mean[None], se[None])[0]), lower)
+                    A = float(planning_signal(mean[None], se[None])[0])
                     sig = float((sd / _c4(torch.tensor(n0))).mean())
                     planned = (SQRT_2_PI * sig / (tau * A)) ** 2 if A > 0 else float("inf")
                     errs[r, i] = math.log(planned / needs[i])

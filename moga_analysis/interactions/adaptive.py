@@ -183,6 +183,14 @@ def _pair_statistics(delta: torch.Tensor, pair_of: torch.Tensor, P: int):
     return mean, stderr, torch.stack([h0, h1]), count
 
 
+def planning_signal(mean: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
+    """Per order [O], the signal a plan uses from per-pair estimates and stderrs [O, P]: the
+    noise-corrected mean |I| (``deconvolved_mean_abs``), bounded below by mean(|x_p| - sqrt(2/pi)
+    se_p), which is below mean |I| in expectation."""
+    lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
+    return torch.maximum(deconvolved_mean_abs(mean, se), lower)
+
+
 def _pair_needs(sigma: torch.Tensor, target_floor: float, lo: float, hi: float) -> torch.Tensor:
     """Real-valued k_p ~ sigma_p^(2/3), clamped to [lo, hi], with mean_p sigma_p / sqrt(k_p) =
     ``target_floor`` (the Lagrange optimum of sum k_p at a given mean stderr), by bisection on
@@ -435,7 +443,6 @@ class _AdaptiveRun:
         budget, endpoint_evals = p.budget, self.endpoint_evals
         spare = 0 if budget is None else max(budget - endpoint_evals - self.pilot_evals, 0)
         pilot_cap = None if budget is None else self.pilot_evals + p.pilot_fraction * spare
-        spent = lambda: self.pilot_evals + self.reused_evals  # noqa: E731
         while self.rounds < int(p.pilot_rounds):
             ext = {}
             for o in self.inner:
@@ -446,7 +453,7 @@ class _AdaptiveRun:
                     ext[o] = max(want - have, 2) if p.pilot == "weighted" else want - have
             if budget is not None and ext:
                 est = sum(self.cost_per_k[o] * e for o, e in ext.items())
-                room = min(pilot_cap - spent(), budget - endpoint_evals - spent() - 1.2 * self.min_main)
+                room = min(pilot_cap - self._spent(), budget - endpoint_evals - self._spent() - 1.2 * self.min_main)
                 if est > room:
                     scale = max(room, 0.0) / est
                     ext = {o: int(e * scale) for o, e in ext.items()}
@@ -454,7 +461,7 @@ class _AdaptiveRun:
             if not ext:
                 break
             blocks, plans, rows_n = self._pilot_rows(ext, [torch.arange(self.P)])
-            if budget is not None and endpoint_evals + spent() + rows_n + self.min_main > budget:
+            if budget is not None and endpoint_evals + self._spent() + rows_n + self.min_main > budget:
                 break  # the plan came out larger than estimated: keep the budget for the main stage
             weights = self._round_weights(ext) if p.pilot == "weighted" else None  # fixed before the values
             v = self._evaluate(torch.cat(blocks), self.progress)
@@ -466,6 +473,10 @@ class _AdaptiveRun:
                 self.pilot_evals += rows_n
             self.rounds += 1
             self.plan()
+
+    def _spent(self) -> int:
+        """Pilot evaluations so far, planning-only and weighted rounds together."""
+        return self.pilot_evals + self.reused_evals
 
     def _round_weights(self, ext: Dict[int, int]) -> Dict[int, torch.Tensor]:
         """Weighted mode: the weight of a round of ``ext[o]`` samples per pair in the estimate, fixed
@@ -568,8 +579,7 @@ class _AdaptiveRun:
         if signal_rule == "raw":
             A_all = mean.abs().mean(1)
         else:
-            lower = (mean.abs() - _SQRT_2_PI * se).mean(1)
-            A_all = torch.maximum(deconvolved_mean_abs(mean, se), lower)
+            A_all = planning_signal(mean, se)
         rel = None
         if self.p.allocation == "orders+pairs":  # a pair's relative sigma: its mean over the orders
             spread = self._log_spread(stats)
@@ -603,7 +613,7 @@ class _AdaptiveRun:
                 R2, U = (1 - self.round_weight[o]) ** 2, self.round_units[o]
                 room = 1 / k.clamp(1, 4.0 * p.k_max) - U
                 main = torch.where(room > 1e-12, torch.ceil(R2 / room.clamp_min(1e-12)), torch.full_like(k, p.k_max))
-                out[o] = main.clamp(max(2, floor_min - int(self.round_count(o))), p.k_max).long()
+                out[o] = main.clamp(max(2, floor_min - int(self.pilot_count[o][0])), p.k_max).long()
             elif p.reuse:  # total samples per pair; the cross-fitted pilot's count towards it
                 lo = max(floor_min, int(self.pilot_count[o].min()))
                 total = k.clamp(lo, max(p.k_max, lo)).long()
@@ -612,8 +622,8 @@ class _AdaptiveRun:
                 out[o] = k.clamp(floor_min, p.k_max).long()
         return out
 
-    def _build(self, alloc, stage: int = 1):
-        gen_main = torch.Generator().manual_seed(_derived_seed(self.seed, stage))
+    def _build(self, alloc):
+        gen_main = torch.Generator().manual_seed(_derived_seed(self.seed, 1))
         out, total = {}, 0
         for o in self.inner:
             if int(alloc[o].max()) == 0:
@@ -643,14 +653,14 @@ class _AdaptiveRun:
                 hi = mid
         return lo, True
 
-    def _fit(self, allocate, remaining: Optional[float], stage: int):
-        """``allocate(scale, floor_min)``'s plan and rows drawn with the generator of ``stage``,
-        within ``remaining`` evaluations if that is given; returns (alloc, rows, total, scale, capped)."""
+    def _fit(self, allocate, remaining: Optional[float]):
+        """``allocate(scale, floor_min)``'s plan and the main stage's rows drawn for it, within
+        ``remaining`` evaluations if that is given; returns (alloc, rows, total, scale, capped)."""
         floor_min, scale, capped = self.p.k_min, 1.0, False
         if remaining is not None:
             scale, capped = self._budget_scale(allocate, remaining, floor_min)
         alloc = allocate(scale, floor_min)
-        main, total = self._build(alloc, stage)
+        main, total = self._build(alloc)
         while remaining is not None and total > remaining:
             # the random plan came out larger than estimated: shrink and rebuild (deterministic)
             capped = True
@@ -662,14 +672,14 @@ class _AdaptiveRun:
             else:
                 scale *= 0.97 * remaining / total
             alloc = allocate(scale, floor_min)
-            main, total = self._build(alloc, stage)
+            main, total = self._build(alloc)
         return alloc, main, total, scale, capped
 
     def _fitted_plan(self):
         """The main stage's allocation and rows, within the budget if there is one."""
         budget = self.p.budget
         remaining = None if budget is None else budget - self.endpoint_evals - self.pilot_evals - self.reused_evals
-        alloc, main, total, self.scale, self.capped = self._fit(self._allocate, remaining, 1)
+        alloc, main, total, self.scale, self.capped = self._fit(self._allocate, remaining)
         return alloc, main, total
 
     def main_stage(self) -> None:
