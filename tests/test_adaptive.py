@@ -77,10 +77,18 @@ def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
     assert float(ratio[inner].max()) < (1.4 if pilot == "reuse" else 1.2) * tau
     assert float(ratio[inner].median()) < 1.05 * tau
     assert md["missed_orders"] == [m for m, ok in zip(orders, md["target_met"]) if not ok]
-    # the contexts follow the known need (variance of Delta over its mean |I|): ~10x more in the middle
+    # the contexts follow the known need (variance of Delta over its mean |I|): ~10x more in the
+    # middle, times the plan margin of the cheapest orders
     need = known_need(sd, orders, a, tau)
-    k = torch.tensor(md["contexts_per_order"])
+    k = torch.tensor(md["contexts_per_order"]) / torch.tensor(md["plan_margin"])
     assert float((k[inner] / need[inner]).log().abs().max()) < math.log(2.0 if pilot == "reuse" else 1.8), (k, need)
+    mult = torch.tensor(md["plan_margin"])[inner]
+    if pilot == "reuse":
+        assert bool((mult == 1).all())
+    else:  # margins go to cheap orders, at about 10 % extra (cost per sample differs a little by order)
+        assert bool((mult > 1).any()) and float(need[inner][mult > 1].mean()) < float(need[inner].mean())
+        extra = float((k[inner] * (mult - 1)).sum() / k[inner].sum())
+        assert 0 < extra < 0.15
     assert float(need[inner].max() / need[inner].min()) > 8
     # the estimate is right: the truth is a_ij at every order
     z = (r.values[inner] - a) / r.stderr[inner]
@@ -252,6 +260,51 @@ def test_budget_too_small_and_mode_errors(game196):
     assert one.metadata["pilot_mode"] == "weighted" and one.metadata["folds"] == 1
     with pytest.raises(ValueError, match="weight_margin"):
         estimate_adaptive(g, n, pairs, orders, weight_margin=0.5)
+    with pytest.raises(ValueError, match="margin_budget"):
+        estimate_adaptive(g, n, pairs, orders, margin_budget=1.5)
+
+
+# ------------------------------------------------------------------------------------ plan margins
+def test_plan_margins_cheapest_first_within_the_budget():
+    """Hand-computed: costs 10, 20, 100 evaluations, log-need sd 0.3, 0.2, 0.1, z = 2, budget 10 %
+    of 130: the cheapest order's margin e^0.6 costs 8.22 of the 13; the next, e^0.4 on 20 (9.84),
+    no longer fits, and the rule stops there."""
+    from types import SimpleNamespace
+
+    from moga_analysis.interactions.adaptive import _AdaptiveRun
+
+    run = SimpleNamespace(
+        inner=[1, 2, 3], cost_per_k={1: 1.0, 2: 2.0, 3: 1.0},
+        need={1: torch.full((4,), 10.0), 2: torch.full((4,), 10.0), 3: torch.full((4,), 100.0)},
+        plan_sd={1: 0.3, 2: 0.2, 3: 0.1}, p=SimpleNamespace(safety=1.0, k_max=1024, margin_budget=0.1))
+    assert _AdaptiveRun._plan_margins(run) == {1: pytest.approx(math.exp(0.6)), 2: 1.0, 3: 1.0}
+    run.p.margin_budget = 0.2  # 26: both cheap orders (8.22 + 9.84), not the third (22.1)
+    assert _AdaptiveRun._plan_margins(run) == {1: pytest.approx(math.exp(0.6)), 2: pytest.approx(math.exp(0.4)),
+                                               3: 1.0}
+    run.plan_sd[1] = 5.0  # capped at _MAX_MARGIN = 3: 20 extra, more than the 13 of budget 0.1
+    run.p.margin_budget = 0.1
+    assert _AdaptiveRun._plan_margins(run) == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_plan_spread_tracks_the_planning_error():
+    """The bootstrap sd of log(planned need) (metadata ``plan_log_sd``) against the actual sd of the
+    planned contexts over seeds, pilot only (no rounds, no margins), at every inner order."""
+    n = 100
+    pairs = reference_pairs(10, 12, generator=torch.Generator().manual_seed(3))
+    a = torch.randn(len(pairs), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sd = lambda size: 0.4 + 2.0 * torch.sin(math.pi * size / n)
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    logs, boot = [], []
+    for s in range(24):
+        r = estimate_adaptive(SizeNoiseGame(n, pairs, a, sd, seed=s), n, pairs, orders, target_noise=0.3, seed=s,
+                              allocation="orders", pilot_rounds=0, margin_budget=0.0, min_contexts=2, safety=1.0)
+        assert r.metadata["plan_margin"] == [1.0] * len(orders)
+        logs.append(torch.tensor(r.metadata["contexts_per_order"][1:-1]).log())
+        boot.append(torch.tensor(r.metadata["plan_log_sd"][1:-1]))
+    actual, boot = torch.stack(logs).std(0), torch.stack(boot).mean(0)
+    assert bool((boot > 0).all())
+    ratio = boot / actual
+    assert 0.6 < float(ratio.median()) < 1.4 and float(ratio.min()) > 0.4 and float(ratio.max()) < 2.0, ratio
 
 
 # ----------------------------------------------------------------------------------- reproducibility

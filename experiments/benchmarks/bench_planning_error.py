@@ -11,7 +11,10 @@ second differences, prints per order
   against each order's own need (at least ``--min-contexts``), in evaluations;
 * the planning error of pilots of 8, 16 and 32 samples per pair (bootstrap from the drawn
   samples, ``--reps`` times): mean and sd of log(planned need / need), planned exactly as
-  ``estimate_adaptive`` plans (noise-corrected signal bounded below, c4-corrected mean sigma).
+  ``estimate_adaptive`` plans (noise-corrected signal bounded below, c4-corrected mean sigma),
+  with the mean bootstrap sd of log need the estimator computes from such a pilot
+  (``plan_log_sd``) and the share of plans short of the need without and with the plan margin
+  exp(2 sd).
 
     python experiments/benchmarks/bench_planning_error.py --images 0 --contexts 120
 """
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from moga_analysis.interactions import REFERENCE_RATIOS, ImageMaskingGame, orders_from_ratios, reference_pairs
-    from moga_analysis.interactions.adaptive import _c4, planning_signal
+    from moga_analysis.interactions.adaptive import _c4, plan_log_sd, planning_signal
     from moga_analysis.interactions.estimators import _evaluate, _shared_samples, deconvolved_mean_abs
     from moga_analysis.models.loading import load_model
     from moga_analysis.runtime import prepare_model, tune_malloc
@@ -82,20 +85,28 @@ def main(argv=None) -> int:
         ceiling = float(need_t.max()) * float(c.sum()) / float((need_t.clamp_min(args.min_contexts) * c).sum())
         print(f"allocation over orders vs uniform shared (needs known, at least {args.min_contexts}): {ceiling:.2f}x; "
               f"sd of log need over orders {float(need_t.log().std()):.2f}")
+        pair_of = torch.arange(P)
         for n0 in args.pilots:
             g = torch.Generator().manual_seed(0)
             errs = torch.zeros(args.reps, len(orders), dtype=torch.float64)
+            boot = torch.zeros(args.reps, len(orders), dtype=torch.float64)
             for r in range(args.reps):
+                pilots = []
                 for i, m in enumerate(orders):
                     s = torch.gather(deltas[m], 1, torch.randint(0, K, (P, n0), generator=g))
+                    pilots.append((s.flatten(), pair_of.repeat_interleave(n0)))
                     mean, sd = s.mean(1), s.std(1)
                     se = sd / math.sqrt(n0)
                     A = float(planning_signal(mean[None], se[None])[0])
                     sig = float((sd / _c4(torch.tensor(n0))).mean())
                     planned = (SQRT_2_PI * sig / (tau * A)) ** 2 if A > 0 else float("inf")
                     errs[r, i] = math.log(planned / needs[i])
-            print(f"pilot {n0}: log(planned / need) per order: mean "
-                  f"{[round(float(t), 2) for t in errs.mean(0)]}, sd {[round(float(t), 2) for t in errs.std(0)]}")
+                boot[r] = plan_log_sd(pilots, P, tau, 4096.0, g)
+            rnd = lambda t: [round(float(v), 2) for v in t]
+            print(f"pilot {n0}: log(planned / need) per order: mean {rnd(errs.mean(0))}, sd {rnd(errs.std(0))}")
+            print(f"pilot {n0}: bootstrap sd of log need (mean): {rnd(boot.mean(0))}; plans short of the need: "
+                  f"{rnd((errs < 0).double().mean(0))}, with the margin exp(2 sd): "
+                  f"{rnd((errs + 2 * boot < 0).double().mean(0))}")
     return 0
 
 
