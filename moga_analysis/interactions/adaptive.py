@@ -338,9 +338,8 @@ def estimate_adaptive(
     pilot_fraction: Optional[float] = None, max_pilot_ratio: float = 0.35, pilot_rounds: int = 2,
     weight_margin: float = 1.25, margin_budget: float = 0.1,
 ) -> InteractionResult:
-    """I^(m)(i,j) with noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost.
-
-    See the module docstring for the method and why the estimates are unbiased.
+    """I^(m)(i,j) with noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost
+    (the method, and why the estimates are unbiased: the module docstring).
 
     Args:
         game, n_players, pairs, orders: as for :func:`estimate_interactions`.
@@ -369,17 +368,15 @@ def estimate_adaptive(
             ``pilot_fraction`` of the samples it needs gets its pilot extended to that fraction,
             at most ``pilot_rounds`` times (under a cap, the extensions use at most
             ``pilot_fraction`` of it).  None: 0.35 in weighted mode, 0.2 otherwise.
-        weight_margin: weighted mode: a round's weight is its share of the planned need divided
-            by this (>= 1).
+        weight_margin: weighted mode: a round's weight is its share of the planned need over this (>= 1).
         margin_budget: weighted and discard modes: the share of the planned evaluations that may
-            go to plan margins for the cheapest orders (0 turns them off; see the module docstring).
+            go to plan margins for the cheapest orders (0: none; see the module docstring).
 
     Returns an :class:`InteractionResult` with ``method="adaptive"`` and the achieved precision in
     ``metadata``; orders that miss the target are logged as warnings.
     """
     n = int(n_players)
-    pairs = _check_pairs(pairs, n)
-    orders = _check_orders(orders, n)
+    pairs, orders = _check_pairs(pairs, n), _check_orders(orders, n)
     plan = _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation,
                       pilot, safety, pilot_fraction, max_pilot_ratio, pilot_rounds, len(pairs), weight_margin,
                       margin_budget)
