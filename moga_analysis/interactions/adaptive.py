@@ -38,7 +38,7 @@ Method
    exp(2 sd) (at most ``_MAX_MARGIN``) while the extra evaluations stay within ``margin_budget``
    (10 %) of the plan (``metadata["plan_margin"]``).  Why: the result is judged at its worst
    order, and a cheap order is planned from a pilot about as large as its need, so its plan is as
-   uncertain as an expensive order's (sd 0.3-0.45 from 8 samples on the shipped Fashion-MNIST
+   uncertain as an expensive order's (sd 0.33-0.46 from 8 samples on the shipped Fashion-MNIST
    MogaNet) while a margin there costs almost nothing.  The margins are fixed before the main
    stage's samples, so nothing below changes.
 5. **Main stage**: fresh contexts, shared by all pairs of an order (the shared estimator of
