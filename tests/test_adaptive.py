@@ -238,10 +238,61 @@ def test_budget_cap_respected_and_reported(game196, caplog):
     # the scale is shared: the planned ratio is about equal over the orders the cap binds
     planned = torch.tensor(md["planned_noise_ratio"][1:-1])
     assert float(planned.max() / planned.median()) < 1.3
-    # a cap that does not bind changes nothing but the report
+    # a cap that does not bind changes nothing but round 0's weight, which follows the budget (small here)
     loose = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3,
                               max_evaluations=10 * free.n_evaluations)
-    assert torch.equal(loose.values, free.values) and not loose.metadata["budget_capped"]
+    assert not loose.metadata["budget_capped"] and loose.metadata["budget_scale"] == 1.0
+    assert loose.metadata["pilot_evaluations"] == 0 and free.metadata["pilot_evaluations"] > 0
+    assert loose.n_evaluations == pytest.approx(free.n_evaluations, rel=0.05)
+    z = (loose.values - free.values)[1:-1] / (loose.stderr**2 + free.stderr**2)[1:-1].sqrt()
+    assert float((z**2).mean()) < 1.5
+    same = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard")
+    same_loose = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard",
+                                   max_evaluations=10 * free.n_evaluations)
+    assert torch.equal(same.values, same_loose.values)  # discard mode: a loose cap changes nothing
+
+
+def test_budget_cap_weights_the_first_round_from_the_budget(game196):
+    """Weighted mode under a cap: round 0 is in the estimate with the weight k_pilot / (2 x the
+    samples per pair the budget affords every order evenly), at most 0.5, fixed before any value;
+    without a cap it plans only.  Hand-computed from the run's own counts (no rounds)."""
+    g, n, pairs, orders, _ = game196
+    kw = dict(target_noise=0.1, seed=6, pilot_contexts=6, pilot_rounds=0, min_contexts=2)
+    free = estimate_adaptive(noisy(g, 0.3, 2), n, pairs, orders, **kw)
+    assert max(free.metadata["pilot_weight"]) == 0.0 and free.metadata["reused_pilot_evaluations"] == 0
+    for cap in (int(0.5 * free.n_evaluations), int(0.2 * free.n_evaluations)):
+        r = estimate_adaptive(noisy(g, 0.3, 2), n, pairs, orders, max_evaluations=cap, **kw)
+        md = r.metadata
+        round0 = md["reused_pilot_evaluations"]
+        assert md["pilot_evaluations"] == 0 and round0 == free.metadata["pilot_evaluations"]
+        even = (cap - md["endpoint_evaluations"]) / (round0 / 6)  # samples per pair at every order
+        w = min(6 / (2 * max(even, 6)), 0.5)
+        assert md["pilot_weight"][1:-1] == pytest.approx([w] * (len(orders) - 2), rel=1e-12)
+        assert md["pilot_weight"][0] == md["pilot_weight"][-1] == 0.0
+        assert r.n_evaluations <= cap and md["budget_capped"]
+        # the effective samples: round 0 and the main stage together, 1 / (w^2/6 + (1-w)^2/N)
+        N = (r.samples_per_pair if r.samples_per_pair is not None else r.n_samples[:, None]).double()[1:-1] - 6
+        eff = torch.tensor(md["effective_samples"], dtype=torch.float64)[1:-1]
+        torch.testing.assert_close(eff, 1 / (w**2 / 6 + (1 - w) ** 2 / N), rtol=1e-12, atol=0)
+
+
+def test_budget_capped_weighted_run_unbiased_and_honest(game196):
+    """Under a binding cap (round 0 weighted, the rounds sized to the plan the cap affords): the
+    mean over seeds against the closed form, and squared errors against the reported stderr^2."""
+    g, n, pairs, orders, truth = game196
+    runs = [estimate_adaptive(noisy(g, 0.3, 200 + s), n, pairs, orders, seed=s, pilot_contexts=4,
+                              max_pilot_ratio=0.05, target_noise=0.15, min_contexts=4, max_evaluations=9_000)
+            for s in range(12)]
+    assert all(r.metadata["budget_capped"] and r.n_evaluations <= 9_000 for r in runs)
+    assert all(r.metadata["pilot_evaluations"] == 0 and r.metadata["pilot_rounds"] > 0 for r in runs)
+    assert all(min(r.metadata["pilot_weight"][1:-1]) > 0.1 for r in runs)  # round 0 carries weight
+    values = torch.stack([r.values for r in runs])[:, 1:-1]
+    var = torch.stack([r.stderr**2 for r in runs])[:, 1:-1]
+    err = values - truth[1:-1]
+    assert abs(seed_t(err / var.sqrt())) < 4
+    for o in range(err.shape[1]):
+        assert abs(seed_t(err[:, o])) < 4.5
+    assert 0.8 < float((err**2).mean() / var.mean()) < 1.25
 
 
 def test_budget_too_small_and_mode_errors(game196):

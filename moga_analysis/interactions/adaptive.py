@@ -132,6 +132,9 @@ _SQRT_2_PI = math.sqrt(2 / math.pi)
 _FOLDS = 4
 #: weighted mode: the largest total weight of the pilot rounds in a pair's estimate
 _MAX_ROUND_WEIGHT = 0.6
+#: weighted mode under a cap: round 0's weight is its share of the even split of the budget over this, at most that
+_FIRST_ROUND_MARGIN = 2.0
+_FIRST_ROUND_WEIGHT = 0.5
 #: weighted mode: the default pilot_fraction (its rounds are part of the estimate, so they may be larger)
 _WEIGHTED_PILOT_FRACTION = 0.35
 #: plan margins: bootstrap resamples of the planning data, the margin exp(z sd) and its largest value
@@ -486,19 +489,37 @@ class _AdaptiveRun:
         v = self._evaluate(all_rows, self.progress)
         self._store_endpoints(end_plans, v)
         self._add_samples(self.pilots, plans, v[offset:])
-        self.pilot_evals = pilot_rows
+        weights = self._first_round_weights(offset)  # from the budget and the contexts, no game value
+        if weights:
+            self._keep_round({o: p.k_pilot for o in self.inner}, weights, plans, v[offset:])
+            self.reused_evals = pilot_rows
+        else:
+            self.pilot_evals = pilot_rows
+
+    def _first_round_weights(self, endpoint_evals: int) -> Dict[int, torch.Tensor]:
+        """Weighted mode under a cap: round 0's weight in the estimate, the same at every order and
+        fixed from the budget alone: its share of the samples per pair that the budget affords
+        every order evenly, over ``_FIRST_ROUND_MARGIN``, at most ``_FIRST_ROUND_WEIGHT``.  A
+        capped run is small, so its first round is a large part of it.  Without a cap there is
+        nothing to fix the weight from: none."""
+        p = self.p
+        if p.pilot != "weighted" or p.budget is None or not self.inner:
+            return {}
+        even = (p.budget - endpoint_evals) / sum(self.cost_per_k.values())
+        w = min(p.k_pilot / (_FIRST_ROUND_MARGIN * max(even, p.k_pilot)), _FIRST_ROUND_WEIGHT)
+        return {o: torch.full((self.P,), w, dtype=torch.float64) for o in self.inner}
 
     def extend_pilot(self) -> None:
         """Discard mode: more planning pilot where it is too weak to plan from."""
         p = self.p
         budget, endpoint_evals = p.budget, self.endpoint_evals
-        spare = 0 if budget is None else max(budget - endpoint_evals - self.pilot_evals, 0)
-        pilot_cap = None if budget is None else self.pilot_evals + p.pilot_fraction * spare
+        spare = 0 if budget is None else max(budget - endpoint_evals - self._spent(), 0)
+        pilot_cap = None if budget is None else self._spent() + p.pilot_fraction * spare
         while self.rounds < int(p.pilot_rounds):
-            ext = {}
+            ext, share = {}, self._affordable_share()
             for o in self.inner:
                 have = int(self.pilots[o].stats()[0].min())
-                want = int(math.ceil(p.pilot_fraction * min(float(self.need[o].mean()), p.k_max)))
+                want = int(math.ceil(p.pilot_fraction * min(float(self.need[o].mean()) * share, p.k_max)))
                 if self.pratio[o] > p.max_pilot_ratio and want > have:
                     # a weighted round needs two samples per pair for its stderr
                     ext[o] = max(want - have, 2) if p.pilot == "weighted" else want - have
@@ -514,7 +535,7 @@ class _AdaptiveRun:
             blocks, plans, rows_n = self._pilot_rows(ext, [torch.arange(self.P)])
             if budget is not None and endpoint_evals + self._spent() + rows_n + self.min_main > budget:
                 break  # the plan came out larger than estimated: keep the budget for the main stage
-            weights = self._round_weights(ext) if p.pilot == "weighted" else None  # fixed before the values
+            weights = self._round_weights(ext, share) if p.pilot == "weighted" else None  # before the values
             v = self._evaluate(torch.cat(blocks), self.progress)
             self._add_samples(self.pilots, plans, v)
             if weights is not None:
@@ -529,14 +550,25 @@ class _AdaptiveRun:
         """Pilot evaluations so far, planning-only and weighted rounds together."""
         return self.pilot_evals + self.reused_evals
 
-    def _round_weights(self, ext: Dict[int, int]) -> Dict[int, torch.Tensor]:
+    def _affordable_share(self) -> float:
+        """Weighted mode under a cap: the share of the current plan the budget affords (at most 1),
+        so that the rounds and their weights follow the plan the main stage can pay for."""
+        p = self.p
+        if p.pilot != "weighted" or p.budget is None:
+            return 1.0
+        cost = sum(self.cost_per_k[o] * min(float(self.need[o].mean()) * p.safety, p.k_max) for o in self.inner)
+        available = p.budget - self.endpoint_evals - self.pilot_evals
+        return min(1.0, max(available, 0) / cost) if cost > 0 else 1.0
+
+    def _round_weights(self, ext: Dict[int, int], share: float = 1.0) -> Dict[int, torch.Tensor]:
         """Weighted mode: the weight of a round of ``ext[o]`` samples per pair in the estimate, fixed
-        from the data before it: its share of the planned need, over ``weight_margin`` (a smaller
-        weight costs little when the need was overestimated and keeps the target reachable when it
-        was underestimated), with at most ``_MAX_ROUND_WEIGHT`` for all rounds of a pair together."""
+        from the data before it: its share of the planned need (times the ``share`` of it a cap
+        affords), over ``weight_margin`` (a smaller weight costs little when the need was
+        overestimated and keeps the target reachable when it was underestimated), with at most
+        ``_MAX_ROUND_WEIGHT`` for all rounds of a pair together."""
         out = {}
         for o, e in ext.items():
-            planned = (self.need[o] * self.p.safety).clamp(min=float(e), max=float(self.p.k_max))
+            planned = (self.need[o] * self.p.safety * share).clamp(min=float(e), max=float(self.p.k_max))
             w = e / (self.p.weight_margin * planned)
             out[o] = torch.minimum(w, (_MAX_ROUND_WEIGHT - self.round_weight[o]).clamp_min(0))
         return out
