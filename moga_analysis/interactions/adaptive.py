@@ -24,7 +24,8 @@ Method
    re-planning after each.  ``"weighted"``: round r of e_r samples per pair enters pair p's
    estimate with the weight ``w_r = e_r / (weight_margin * planned need)``, fixed from the data
    before the round (all rounds of a pair together at most 0.6); ``"discard"``: the rounds plan
-   only.
+   only.  Under a cap (weighted mode) the planned need here is the share of the plan the budget
+   affords, and round 0 is part of the estimate too (below).
 3. **Cross-fitted pilot** (``pilot="reuse"`` only, part of the estimate): ``pilot_fraction`` of
    each order's need (planned from the raw mean |I|, which is above the signal in expectation, so
    the pilot stays below the need; at least ``min_contexts``) per pair, with the pairs in
@@ -60,10 +61,13 @@ Unbiasedness
   (main stage included), which the reported ``stderr^2 = sum_r w_r^2 s_r^2 / e_r`` matches in
   expectation exactly (each s_r^2 is unbiased given the past); the halves (the first half of every
   stage's samples against the rest, with the same weights) have E[h_0 h_1] = I^2 by the same
-  argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0 has no weight:
-  a weight must be fixed before any data, and one constant for every order would be far from its
-  share where the needs differ 10-20x between orders.  A budget cap is allowed (the scale is a
-  function of the data before the main stage).
+  argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0 has a weight
+  only under a budget cap: ``w_0 = pilot_contexts / (weight_margin x the samples per pair the
+  budget affords every order evenly)``, at most 0.5, the same at every order, a function of the budget and of the
+  pilot's context draws, never of a game value (a capped run is small, and its pilot a large part
+  of it).  Without a cap nothing fixes a weight before the data, and one constant for every order
+  would be far from its share where the needs differ 10-20x between orders.  A budget cap is
+  allowed (the scale is a function of the data before the main stage).
 * ``pilot="discard"``: no round enters the estimate; the estimates come only from the main stage,
   whose allocation is a function of the pilot, so the same statements hold given the pilot.
 * ``pilot="reuse"`` (no budget cap, two or more pairs): pair p's samples at order m are its
@@ -132,8 +136,7 @@ _SQRT_2_PI = math.sqrt(2 / math.pi)
 _FOLDS = 4
 #: weighted mode: the largest total weight of the pilot rounds in a pair's estimate
 _MAX_ROUND_WEIGHT = 0.6
-#: weighted mode under a cap: round 0's weight is its share of the even split of the budget over this, at most that
-_FIRST_ROUND_MARGIN = 2.0
+#: weighted mode under a cap: the largest weight of round 0 (its share of the even split over weight_margin)
 _FIRST_ROUND_WEIGHT = 0.5
 #: weighted mode: the default pilot_fraction (its rounds are part of the estimate, so they may be larger)
 _WEIGHTED_PILOT_FRACTION = 0.35
@@ -499,14 +502,15 @@ class _AdaptiveRun:
     def _first_round_weights(self, endpoint_evals: int) -> Dict[int, torch.Tensor]:
         """Weighted mode under a cap: round 0's weight in the estimate, the same at every order and
         fixed from the budget alone: its share of the samples per pair that the budget affords
-        every order evenly, over ``_FIRST_ROUND_MARGIN``, at most ``_FIRST_ROUND_WEIGHT``.  A
-        capped run is small, so its first round is a large part of it.  Without a cap there is
+        every order evenly, over ``weight_margin``, at most ``_FIRST_ROUND_WEIGHT``.  A capped run
+        is small, so its first round is a large part of it (and its split between orders stays
+        near the even one: the margin of the later rounds suffices).  Without a cap there is
         nothing to fix the weight from: none."""
         p = self.p
         if p.pilot != "weighted" or p.budget is None or not self.inner:
             return {}
         even = (p.budget - endpoint_evals) / sum(self.cost_per_k.values())
-        w = min(p.k_pilot / (_FIRST_ROUND_MARGIN * max(even, p.k_pilot)), _FIRST_ROUND_WEIGHT)
+        w = min(p.k_pilot / (p.weight_margin * max(even, p.k_pilot)), _FIRST_ROUND_WEIGHT)
         return {o: torch.full((self.P,), w, dtype=torch.float64) for o in self.inner}
 
     def extend_pilot(self) -> None:
