@@ -63,9 +63,9 @@ Unbiasedness
   stage's samples against the rest, with the same weights) have E[h_0 h_1] = I^2 by the same
   argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0 has a weight
   only under a budget cap: ``w_0 = pilot_contexts / (weight_margin x the samples per pair the
-  budget affords every order evenly)``, at most 0.5, the same at every order, a function of the budget and of the
-  pilot's context draws, never of a game value (a capped run is small, and its pilot a large part
-  of it).  Without a cap nothing fixes a weight before the data, and one constant for every order
+  budget affords every order evenly)``, at most 0.5, the same at every order, a function of the
+  budget and of the pilot's context draws, never of a game value (a capped run is small, and its
+  pilot a large part of it).  Without a cap nothing fixes a weight before the data, and one constant for every order
   would be far from its share where the needs differ 10-20x between orders.  A budget cap is
   allowed (the scale is a function of the data before the main stage).
 * ``pilot="discard"``: no round enters the estimate; the estimates come only from the main stage,
@@ -503,9 +503,9 @@ class _AdaptiveRun:
         """Weighted mode under a cap: round 0's weight in the estimate, the same at every order and
         fixed from the budget alone: its share of the samples per pair that the budget affords
         every order evenly, over ``weight_margin``, at most ``_FIRST_ROUND_WEIGHT``.  A capped run
-        is small, so its first round is a large part of it (and its split between orders stays
-        near the even one: the margin of the later rounds suffices).  Without a cap there is
-        nothing to fix the weight from: none."""
+        is small, so its first round is a large part of it (a margin of 2 instead of 1.25 was
+        measured worse on the demo's curves).  Without a cap there is nothing to fix the weight
+        from: none."""
         p = self.p
         if p.pilot != "weighted" or p.budget is None or not self.inner:
             return {}
@@ -514,7 +514,7 @@ class _AdaptiveRun:
         return {o: torch.full((self.P,), w, dtype=torch.float64) for o in self.inner}
 
     def extend_pilot(self) -> None:
-        """Discard mode: more planning pilot where it is too weak to plan from."""
+        """More pilot where it is too weak to plan from (weighted mode: rounds in the estimate)."""
         p = self.p
         budget, endpoint_evals = p.budget, self.endpoint_evals
         spare = 0 if budget is None else max(budget - endpoint_evals - self._spent(), 0)
