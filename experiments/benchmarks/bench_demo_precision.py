@@ -58,10 +58,10 @@ def main(argv=None) -> int:
     mean_order = {(m, k): [] for m in models for k in methods}
     evals = {(m, k): [] for m in models for k in methods}
     for seed in args.seeds:  # the methods interleaved, seed by seed
-        for name, settings in methods.items():
+        for i, (name, settings) in enumerate(methods.items()):
             t0 = time.perf_counter()
             stack = compute_interactions(models, imgs, dataclasses.replace(settings, seed=seed),
-                                         out=tmp / f"{seed}_{len(evals)}_{hash(name) & 0xffff}", progress=False)
+                                         out=tmp / f"seed{seed}_method{i}", progress=False)
             for m in models:
                 r = stack[m].noise_ratio()
                 worst[m, name] += r.max(1).values.tolist()

@@ -267,6 +267,13 @@ def _pair_needs(sigma: torch.Tensor, target_floor: float, lo: float, hi: float) 
     return k_at(b)
 
 
+def _planned_costs(run) -> Dict[int, float]:
+    """Per inner order of an :class:`_AdaptiveRun`, the evaluations of its current plan (mean
+    need x safety, at most ``max_contexts``, at the pilot's cost per sample)."""
+    p = run.p
+    return {o: run.cost_per_k[o] * min(float(run.need[o].mean()) * p.safety, p.k_max) for o in run.inner}
+
+
 @dataclass(frozen=True)
 class _Plan:
     """The validated knobs of one :func:`estimate_adaptive` call."""
@@ -492,14 +499,14 @@ class _AdaptiveRun:
         v = self._evaluate(all_rows, self.progress)
         self._store_endpoints(end_plans, v)
         self._add_samples(self.pilots, plans, v[offset:])
-        weights = self._first_round_weights(offset)  # from the budget and the contexts, no game value
+        weights = self._first_round_weights()  # from the budget and the contexts, no game value
         if weights:
             self._keep_round({o: p.k_pilot for o in self.inner}, weights, plans, v[offset:])
             self.reused_evals = pilot_rows
         else:
             self.pilot_evals = pilot_rows
 
-    def _first_round_weights(self, endpoint_evals: int) -> Dict[int, torch.Tensor]:
+    def _first_round_weights(self) -> Dict[int, torch.Tensor]:
         """Weighted mode under a cap: round 0's weight in the estimate, the same at every order and
         fixed from the budget alone: its share of the samples per pair that the budget affords
         every order evenly, over ``weight_margin``, at most ``_FIRST_ROUND_WEIGHT``.  A capped run
@@ -509,7 +516,7 @@ class _AdaptiveRun:
         p = self.p
         if p.pilot != "weighted" or p.budget is None or not self.inner:
             return {}
-        even = (p.budget - endpoint_evals) / sum(self.cost_per_k.values())
+        even = (p.budget - self.endpoint_evals) / sum(self.cost_per_k.values())
         w = min(p.k_pilot / (p.weight_margin * max(even, p.k_pilot)), _FIRST_ROUND_WEIGHT)
         return {o: torch.full((self.P,), w, dtype=torch.float64) for o in self.inner}
 
@@ -560,7 +567,7 @@ class _AdaptiveRun:
         p = self.p
         if p.pilot != "weighted" or p.budget is None:
             return 1.0
-        cost = sum(self.cost_per_k[o] * min(float(self.need[o].mean()) * p.safety, p.k_max) for o in self.inner)
+        cost = sum(_planned_costs(self).values())
         available = p.budget - self.endpoint_evals - self.pilot_evals
         return min(1.0, max(available, 0) / cost) if cost > 0 else 1.0
 
@@ -703,8 +710,7 @@ class _AdaptiveRun:
         while their extra evaluations stay within ``margin_budget`` of the planned main stage: a
         cheap order planned from a pilot as large as its need is as uncertain as an expensive one,
         and the worst order decides the result, so its margin buys much for little."""
-        cost = {o: self.cost_per_k[o] * min(float(self.need[o].mean()) * self.p.safety, self.p.k_max)
-                for o in self.inner}
+        cost = _planned_costs(self)
         room = self.p.margin_budget * sum(cost.values())
         out = {o: 1.0 for o in self.inner}
         for o in sorted(self.inner, key=lambda q: cost[q]):
