@@ -42,8 +42,8 @@ class DemoSettings:
     fmnist_images: int = 4
     grid: int = 8
     pairs: int = 12
-    target_noise: float = 0.6
-    max_evaluations: int = 3_500
+    target_noise: float = 0.5
+    max_evaluations: int = 6_000
     photo_images: int = 3
     photo_grid: int = 7
     photo_pairs: int = 6

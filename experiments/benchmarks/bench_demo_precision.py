@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--uniform-contexts", type=int, default=10, help="uniform shared contexts per pair and order")
     p.add_argument("--images", type=int, default=None, help="default: the demo's")
+    p.add_argument("--max-evaluations", type=int, default=None, help="the adaptive cap per image (default: the demo's)")
     args = p.parse_args(argv)
 
     from moga_analysis import demo as D
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
         imgs = D._first(write_fmnist_folder(tmp / "fmnist", n_img), n_img)
         geo = dict(grid=s.grid, pairs=s.pairs)
         tau, cap = s.target_noise, s.max_evaluations
+    cap = args.max_evaluations or cap
     methods = {
         f"adaptive, target {tau}, at most {cap:,}": InteractionSettings.precise(
             tau, max_evaluations=cap, ratios=D.RATIOS, pilot_contexts=s.pilot_contexts,

@@ -23,12 +23,13 @@ add no parameters and cost nothing when no hook is registered.
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 from torch import nn
 
 __all__ = [
     "TapPoint",
     "ElementScale",
+    "DepthwiseConv2d",
     "MultiOrderDWConv",
     "MultiOrderGatedAggregation",
     "ChannelAggregationFFN",
@@ -53,6 +54,49 @@ class ElementScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
+
+
+def _dead_taps(padding: int, dilation: int, size: int) -> int:
+    """Kernel taps at each end that read only zero padding for an input ``size`` long (stride 1).
+
+    Tap ``t`` reads input ``o + t * dilation - padding`` for output ``o`` in ``[0, size)``: it can
+    reach the input only when ``|t * dilation - padding| < size``.
+    """
+    if padding < size:
+        return 0
+    return (padding - size) // dilation + 1
+
+
+@register_notrace_module  # FX: a leaf (the taps it skips depend on the input's size)
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (stride 1, symmetric zero padding) that skips the kernel taps
+    which only ever multiply padding: on feature maps smaller than the kernel's reach (a 7x7
+    conv with dilation 3 reaches 9 pixels each way; a 64 px input leaves MogaNet maps of 2-8
+    pixels) it runs the live centre of the kernel with the padding shrunk to match.  The taps it
+    drops add exact zeros, so the output is the full convolution's up to float rounding of the
+    summation order; parameters and state-dict keys are those of ``nn.Conv2d``.
+    ``skip_dead_taps = False`` runs the full kernel (what MAC counts of the architecture count).
+    """
+
+    __constants__ = nn.Conv2d.__constants__ + ["_pad_h", "_pad_w", "_dil_h", "_dil_w", "skip_dead_taps"]
+
+    def __init__(self, channels: int, kernel_size: int, padding: int, dilation: int = 1):
+        super().__init__(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=channels)
+        self._pad_h, self._pad_w = padding, padding
+        self._dil_h, self._dil_w = dilation, dilation
+        self.skip_dead_taps = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.skip_dead_taps:
+            return self._conv_forward(x, self.weight, self.bias)
+        ch = _dead_taps(self._pad_h, self._dil_h, x.shape[-2])
+        cw = _dead_taps(self._pad_w, self._dil_w, x.shape[-1])
+        if ch == 0 and cw == 0:
+            return self._conv_forward(x, self.weight, self.bias)
+        kh, kw = self.weight.shape[-2], self.weight.shape[-1]
+        weight = self.weight[:, :, ch : kh - ch, cw : kw - cw]
+        padding = [self._pad_h - ch * self._dil_h, self._pad_w - cw * self._dil_w]
+        return F.conv2d(x, weight, self.bias, 1, padding, [self._dil_h, self._dil_w], self.groups)
 
 
 def multi_order_split(channels: int, ratio: tuple[int, int, int] = (1, 3, 4)) -> tuple[int, int, int]:
@@ -91,10 +135,10 @@ class MultiOrderDWConv(nn.Module):
         c0, c1, c2 = self.split
         d0, d1, d2 = dilations
         # padding = dilation * (kernel - 1) / 2 keeps the spatial size
-        self.DW_conv0 = nn.Conv2d(channels, channels, 5, padding=2 * d0, dilation=d0, groups=channels)
+        self.DW_conv0 = DepthwiseConv2d(channels, 5, padding=2 * d0, dilation=d0)
         if multi_order:
-            self.DW_conv1 = nn.Conv2d(c1, c1, 5, padding=2 * d1, dilation=d1, groups=c1)
-            self.DW_conv2 = nn.Conv2d(c2, c2, 7, padding=3 * d2, dilation=d2, groups=c2)
+            self.DW_conv1 = DepthwiseConv2d(c1, 5, padding=2 * d1, dilation=d1)
+            self.DW_conv2 = DepthwiseConv2d(c2, 7, padding=3 * d2, dilation=d2)
         self.PW_conv = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +217,7 @@ class ChannelAggregationFFN(nn.Module):
         super().__init__()
         self.use_ca = use_ca
         self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.dwconv = DepthwiseConv2d(hidden, 3, padding=1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, channels, 1)
         self.drop = nn.Dropout(drop)

@@ -21,14 +21,21 @@ def count_macs(name: str, input_size: int = 224, **kwargs) -> int:
     """Multiply-accumulates of convolutions and linear layers for one image (biases not counted).
 
     Half of ``torch.utils.flop_counter.FlopCounterMode``'s total, the same convention as the
-    golden manifest (``macs_conv_linear_224``).
+    golden manifest (``macs_conv_linear_224``): the architecture's full kernels, including the taps
+    of MogaNet's depthwise convs that only read padding and are skipped when it runs
+    (:class:`~moga_analysis.models.layers.DepthwiseConv2d`).
     """
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .layers import DepthwiseConv2d
+
     with torch.device("meta"):
         model = timm.create_model(name, **kwargs).eval()
         x = torch.empty(1, 3, input_size, input_size)
+    for m in model.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.skip_dead_taps = False
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
