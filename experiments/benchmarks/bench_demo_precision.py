@@ -2,12 +2,12 @@
 shared contexts at about the same evaluations, over seeds (each seed draws its own pairs).
 
 ``make demo`` gives each image a few thousand evaluations (``DemoSettings``: Fashion-MNIST
-MogaNets, target 0.6, at most 3,500; EfficientNet-Lite0 on the shipped photos, target 0.8, at most
+MogaNets, target 0.5, at most 6,000; EfficientNet-Lite0 on the shipped photos, target 0.8, at most
 1,600), about ten contexts per pair and order. This prints, per model and method, the worst
 per-image noise ratio (noise floor / mean |I|, worst order) as median and mean over every image
 and seed, the mean ratio over the orders, and the evaluations per image, e.g.
 
-    python experiments/benchmarks/bench_demo_precision.py --seeds 0 1 2 --uniform-contexts 10
+    python experiments/benchmarks/bench_demo_precision.py --seeds 0 1 2 --uniform-contexts 12
     python experiments/benchmarks/bench_demo_precision.py --photos --seeds 0 1 --uniform-contexts 9
 """
 
