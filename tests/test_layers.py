@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from moga_analysis.models.layers import DepthwiseConv2d, _dead_taps
+from moga_analysis.models.layers import DepthwiseConv2d, _dead_taps, set_skip_dead_taps
 
 
 @pytest.mark.parametrize("padding, dilation, size, dead", [
@@ -67,15 +67,13 @@ def test_moganet_at_64_px_equals_the_full_kernels_and_skips_work():
     assert len(convs) == 4 * (3 + 3 + 10 + 2)  # DW_conv0/1/2 and the FFN's dwconv of every block (depths 3, 3, 10, 2)
     with torch.no_grad():
         skipped = model(x)
-        for m in convs:
-            m.skip_dead_taps = False
+        set_skip_dead_taps(model, False)
         full = model(x)
     torch.testing.assert_close(skipped, full, rtol=0, atol=1e-10)
     macs_full = _macs(model, 64)
     shapes = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args: shapes.__setitem__(mod, args[0].shape)) for m in convs]
-    for m in convs:
-        m.skip_dead_taps = True
+    set_skip_dead_taps(model, True)
     saved = macs_full - _macs(model, 64)
     for h in hooks:
         h.remove()

@@ -17,7 +17,7 @@ import time
 import torch
 
 from moga_analysis.models import ARCH_SETTINGS, MogaNet
-from moga_analysis.models.layers import DepthwiseConv2d, _dead_taps
+from moga_analysis.models.layers import DepthwiseConv2d, _dead_taps, set_skip_dead_taps
 from moga_analysis.runtime import tune_malloc
 
 
@@ -29,12 +29,6 @@ def _median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def _set_skip(model: torch.nn.Module, skip: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, DepthwiseConv2d):
-            m.skip_dead_taps = skip
 
 
 def main(argv=None) -> None:
@@ -86,7 +80,7 @@ def main(argv=None) -> None:
     with torch.inference_mode():
         for _ in range(3):
             for skip in (False, True):
-                _set_skip(model, skip)
+                set_skip_dead_taps(model, skip)
                 whole[skip].append(_median_seconds(lambda: model(x), args.repeats))
     ips = {s: args.batch_size / statistics.median(v) for s, v in whole.items()}
     print(f"whole model: full kernels {ips[False]:.1f} images/s, live centre {ips[True]:.1f} images/s "

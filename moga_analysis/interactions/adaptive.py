@@ -65,9 +65,9 @@ Unbiasedness
   only under a budget cap: ``w_0 = pilot_contexts / (weight_margin x the samples per pair the
   budget affords every order evenly)``, at most 0.5, the same at every order, a function of the
   budget and of the pilot's context draws, never of a game value (a capped run is small, and its
-  pilot a large part of it).  Without a cap nothing fixes a weight before the data, and one constant for every order
-  would be far from its share where the needs differ 10-20x between orders.  A budget cap is
-  allowed (the scale is a function of the data before the main stage).
+  pilot a large part of it).  Without a cap nothing fixes a weight before the data, and one
+  constant for every order would be far from its share where the needs differ 10-20x between
+  orders.  A budget cap is allowed (the scale is a function of the data before the main stage).
 * ``pilot="discard"``: no round enters the estimate; the estimates come only from the main stage,
   whose allocation is a function of the pilot, so the same statements hold given the pilot.
 * ``pilot="reuse"`` (no budget cap, two or more pairs): pair p's samples at order m are its

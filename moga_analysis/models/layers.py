@@ -30,6 +30,7 @@ __all__ = [
     "TapPoint",
     "ElementScale",
     "DepthwiseConv2d",
+    "set_skip_dead_taps",
     "MultiOrderDWConv",
     "MultiOrderGatedAggregation",
     "ChannelAggregationFFN",
@@ -97,6 +98,13 @@ class DepthwiseConv2d(nn.Conv2d):
         weight = self.weight[:, :, ch : kh - ch, cw : kw - cw]
         padding = [self._pad_h - ch * self._dil_h, self._pad_w - cw * self._dil_w]
         return F.conv2d(x, weight, self.bias, 1, padding, [self._dil_h, self._dil_w], self.groups)
+
+
+def set_skip_dead_taps(model: nn.Module, skip: bool) -> None:
+    """Set ``skip_dead_taps`` on every :class:`DepthwiseConv2d` of ``model`` (False: full kernels)."""
+    for m in model.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.skip_dead_taps = skip
 
 
 def multi_order_split(channels: int, ratio: tuple[int, int, int] = (1, 3, 4)) -> tuple[int, int, int]:

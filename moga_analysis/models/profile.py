@@ -28,14 +28,12 @@ def count_macs(name: str, input_size: int = 224, **kwargs) -> int:
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .layers import DepthwiseConv2d
+    from .layers import set_skip_dead_taps
 
     with torch.device("meta"):
         model = timm.create_model(name, **kwargs).eval()
         x = torch.empty(1, 3, input_size, input_size)
-    for m in model.modules():
-        if isinstance(m, DepthwiseConv2d):
-            m.skip_dead_taps = False
+    set_skip_dead_taps(model, False)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
