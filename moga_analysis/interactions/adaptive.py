@@ -6,8 +6,9 @@ at every evaluated inner order, where the noise floor is ``E_(i,j) sqrt(2/pi) st
 
 Method
 ------
-1. **Planning pilot** (round 0, never part of the estimate): ``pilot_contexts`` shared contexts
-   per pair at every inner order.  It gives each order's signal, the noise-corrected mean |I| of
+1. **Planning pilot** (round 0): ``pilot_contexts`` shared contexts per pair at every inner
+   order (part of the estimate in weighted mode, below; planning only otherwise).  It gives each
+   order's signal, the noise-corrected mean |I| of
    :func:`~moga_analysis.interactions.estimators.deconvolved_mean_abs` (the raw mean |I| of a small
    pilot is mostly noise at the middle orders and would under-allocate them), and the per-sample
    standard deviations sigma_p of Delta(i,j,S).  An order needs
@@ -24,8 +25,12 @@ Method
    re-planning after each.  ``"weighted"``: round r of e_r samples per pair enters pair p's
    estimate with the weight ``w_r = e_r / (weight_margin * planned need)``, fixed from the data
    before the round (all rounds of a pair together at most 0.6); ``"discard"``: the rounds plan
-   only.  Under a cap (weighted mode) the planned need here is the share of the plan the budget
-   affords, and round 0 is part of the estimate too (below).
+   only.  Round 0 is part of the estimate too in weighted mode: at order o its weight is
+   ``pilot_contexts / (weight_margin x safety x the larger need of o's neighbouring inner
+   orders)``, each neighbour planned from its own round 0, shaped over the pairs by their relative
+   sigma at the other orders, at most 0.5, so a function of the *other* orders' values only.
+   Under a cap (weighted mode) the planned need here is the share of the plan the budget affords,
+   and round 0's weight comes from the budget (below).
 3. **Cross-fitted pilot** (``pilot="reuse"`` only, part of the estimate): ``pilot_fraction`` of
    each order's need (planned from the raw mean |I|, which is above the signal in expectation, so
    the pilot stays below the need; at least ``min_contexts``) per pair, with the pairs in
@@ -61,13 +66,15 @@ Unbiasedness
   (main stage included), which the reported ``stderr^2 = sum_r w_r^2 s_r^2 / e_r`` matches in
   expectation exactly (each s_r^2 is unbiased given the past); the halves (the first half of every
   stage's samples against the rest, with the same weights) have E[h_0 h_1] = I^2 by the same
-  argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0 has a weight
-  only under a budget cap: ``w_0 = pilot_contexts / (weight_margin x the samples per pair the
-  budget affords every order evenly)``, at most 0.5, the same at every order, a function of the
-  budget and of the pilot's context draws, never of a game value (a capped run is small, and its
-  pilot a large part of it).  Without a cap nothing fixes a weight before the data, and one
-  constant for every order would be far from its share where the needs differ 10-20x between
-  orders.  A budget cap is allowed (the scale is a function of the data before the main stage).
+  argument, so ``half_values[0] * half_values[1]`` stays unbiased for I^2.  Round 0's weight at
+  order o is a function of the other orders' round-0 values (without a cap) or of the budget and
+  the pilot's context draws (under a cap), never of order o's own values; the orders' contexts
+  are drawn separately, so round 0 of order o is i.i.d. given that weight and the same argument
+  holds with F_(-1) = the other orders' round 0.  (One constant for every order would be far from
+  its share where the needs differ 10-20x between orders; the neighbours' need is conservative,
+  since a weight below the fair share k_pilot / need costs little, any weight up to twice it beats
+  discarding the round, and one far above it could leave the main stage unable to reach the
+  target.)  A budget cap is allowed (the scale is a function of the data before the main stage).
 * ``pilot="discard"``: no round enters the estimate; the estimates come only from the main stage,
   whose allocation is a function of the pilot, so the same statements hold given the pilot.
 * ``pilot="reuse"`` (no budget cap, two or more pairs): pair p's samples at order m are its
@@ -499,7 +506,7 @@ class _AdaptiveRun:
         v = self._evaluate(all_rows, self.progress)
         self._store_endpoints(end_plans, v)
         self._add_samples(self.pilots, plans, v[offset:])
-        weights = self._first_round_weights()  # from the budget and the contexts, no game value
+        weights = self._first_round_weights()  # no game value of the order it weights
         if weights:
             self._keep_round({o: p.k_pilot for o in self.inner}, weights, plans, v[offset:])
             self.reused_evals = pilot_rows
@@ -507,18 +514,52 @@ class _AdaptiveRun:
             self.pilot_evals = pilot_rows
 
     def _first_round_weights(self) -> Dict[int, torch.Tensor]:
-        """Weighted mode under a cap: round 0's weight in the estimate, the same at every order and
+        """Weighted mode: round 0's weight in the estimate.  Under a cap the same at every order and
         fixed from the budget alone: its share of the samples per pair that the budget affords
         every order evenly, over ``weight_margin``, at most ``_FIRST_ROUND_WEIGHT``.  A capped run
         is small, so its first round is a large part of it (a margin of 2 instead of 1.25 was
-        measured worse on the demo's curves).  Without a cap there is nothing to fix the weight
-        from: none."""
+        measured worse on the demo's curves).  Without a cap: :meth:`_cross_order_weights`."""
         p = self.p
-        if p.pilot != "weighted" or p.budget is None or not self.inner:
+        if p.pilot != "weighted" or not self.inner:
             return {}
+        if p.budget is None:
+            return self._cross_order_weights()
         even = (p.budget - self.endpoint_evals) / sum(self.cost_per_k.values())
         w = min(p.k_pilot / (p.weight_margin * max(even, p.k_pilot)), _FIRST_ROUND_WEIGHT)
         return {o: torch.full((self.P,), w, dtype=torch.float64) for o in self.inner}
+
+    def _cross_order_weights(self) -> Dict[int, torch.Tensor]:
+        """Uncapped weighted mode: round 0's weight at order o from the round-0 values of the
+        *other* orders only (drawn from their own contexts, so independent of order o's samples):
+        k_pilot over ``weight_margin`` x ``safety`` x the larger need of its neighbouring inner
+        orders (each planned from its own pilot with its signal A, above the need the plan will
+        use), shaped over the pairs by their relative sigma at the other orders, at most
+        ``_FIRST_ROUND_WEIGHT``.  A weight below the fair share k_pilot / need costs little (any
+        weight up to twice it beats discarding the round); one far above it could leave the main
+        stage unable to reach the target, hence the conservative need."""
+        p, inner = self.p, self.inner
+        if len(inner) < 2:  # a single inner order: nothing independent to plan its weight from
+            return {}
+        stats = {o: self.pilots[o].stats() for o in inner}
+        order_need, spread = {}, self._log_spread(stats)
+        for o in inner:
+            count, mean, var = stats[o]
+            A = float(planning_signal(mean[None], (var / count).sqrt()[None])[0])
+            sigma = float((var.sqrt() / _c4(count)).mean())
+            k = (_SQRT_2_PI * sigma / (p.tau * A)) ** 2 if A > 0 else float("inf")
+            order_need[o] = min(max(k, float(p.k_pilot)), 4.0 * p.k_max)
+        out = {}
+        for i, o in enumerate(inner):
+            others = [q for q in inner if q != o]
+            near = [inner[j] for j in (i - 1, i + 1) if 0 <= j < len(inner)]
+            shape = torch.ones(self.P, dtype=torch.float64)
+            if p.allocation == "orders+pairs":
+                rel = torch.stack([spread[q] for q in others]).mean(0).exp() ** (2.0 / 3.0)
+                shape = rel / rel.mean()
+            need = max(order_need[q] for q in near) * p.safety * shape
+            w = p.k_pilot / (p.weight_margin * need.clamp_min(float(p.k_pilot)))
+            out[o] = w.clamp(max=_FIRST_ROUND_WEIGHT)
+        return out
 
     def extend_pilot(self) -> None:
         """More pilot where it is too weak to plan from (weighted mode: rounds in the estimate)."""
