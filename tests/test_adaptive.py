@@ -507,3 +507,23 @@ def test_bench_adaptive_quick_runs():
     assert any(m.startswith("(a)") for m in methods) and any(m.startswith("(c)") for m in methods)
     assert all(r["evals"] > 0 and r["secs"] > 0 for r in rows)
 
+
+
+def test_bench_adaptive_seeds_counts(capsys):
+    """The seeds benchmark on a tiny setting: one line per run, (a) counted for (c)'s worst order,
+    and the needs-known ceiling below (a) (sharing alone saves evaluations)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_adaptive_seeds.py"
+    spec = importlib.util.spec_from_file_location("bench_adaptive_seeds", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    medians = bench.main(["--grid", "4", "--images", "1", "--pairs", "4", "--target-noise", "0.8",
+                          "--seeds", "0", "1", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
+    assert len(rows) == 2 and len(medians) == 1 and medians[0] > 0
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        a, ceiling = int(cells[6].replace(",", "")), int(cells[8].replace(",", ""))
+        assert 0 < ceiling < a and float(cells[9]) == pytest.approx(a / ceiling, abs=0.006)
