@@ -532,8 +532,8 @@ class _AdaptiveRun:
         """Uncapped weighted mode: round 0's weight at order o from the round-0 values of the
         *other* orders only (drawn from their own contexts, so independent of order o's samples):
         k_pilot over ``weight_margin`` x ``safety`` x the larger need of its neighbouring inner
-        orders (each planned from its own pilot with its signal A, above the need the plan will
-        use), shaped over the pairs by their relative sigma at the other orders, at most
+        orders (each planned from its own first round with the plan's signal A, one count for all
+        pairs), shaped over the pairs by their relative sigma at the other orders, at most
         ``_FIRST_ROUND_WEIGHT``.  A weight below the fair share k_pilot / need costs little (any
         weight up to twice it beats discarding the round); one far above it could leave the main
         stage unable to reach the target, hence the conservative need."""
