@@ -57,8 +57,9 @@ def known_need(sd, orders, a, tau):
 
 
 @pytest.mark.parametrize("allocation", ["orders", "orders+pairs"])
-@pytest.mark.parametrize("pilot", ["weighted", "discard", "reuse"])
-def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
+@pytest.mark.parametrize("pilot,top_up", [("weighted", True), ("weighted", False), ("discard", True),
+                                          ("discard", False), ("reuse", True)])
+def test_allocation_meets_the_target_with_known_variance(allocation, pilot, top_up):
     n = 100
     pairs = reference_pairs(10, 24, generator=torch.Generator().manual_seed(3))
     a = torch.randn(len(pairs), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -66,7 +67,7 @@ def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
     orders = orders_from_ratios(REFERENCE_RATIOS, n)
     tau = 0.15
     r = estimate_adaptive(SizeNoiseGame(n, pairs, a, sd), n, pairs, orders, target_noise=tau, seed=5,
-                          allocation=allocation, pilot=pilot)
+                          allocation=allocation, pilot=pilot, top_up=top_up)
     md = r.metadata
     ratio = torch.tensor(md["noise_ratio"], dtype=torch.float64)
     assert torch.allclose(ratio, r.noise_ratio())
@@ -83,8 +84,9 @@ def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
     k = torch.tensor(md["contexts_per_order"]) / torch.tensor(md["plan_margin"])
     assert float((k[inner] / need[inner]).log().abs().max()) < math.log(2.0 if pilot == "reuse" else 1.8), (k, need)
     mult = torch.tensor(md["plan_margin"])[inner]
-    if pilot == "reuse":
+    if pilot == "reuse" or top_up:  # the top-up replaces the margins (reuse mode has neither)
         assert bool((mult == 1).all())
+        assert md["settings"].get("top_up", False) == (pilot != "reuse")
     else:  # margins go to cheap orders, at about 10 % extra (cost per sample differs a little by order)
         assert bool((mult > 1).any()) and float(need[inner][mult > 1].mean()) < float(need[inner].mean())
         extra = float((k[inner] * (mult - 1)).sum() / k[inner].sum())
@@ -94,8 +96,12 @@ def test_allocation_meets_the_target_with_known_variance(allocation, pilot):
     z = (r.values[inner] - a) / r.stderr[inner]
     assert float((z**2).mean()) < 1.5
     assert md["pilot_mode"] == pilot and md["allocation"] == allocation
-    parts = ("endpoint_evaluations", "pilot_evaluations", "reused_pilot_evaluations", "main_evaluations")
+    parts = ("endpoint_evaluations", "pilot_evaluations", "reused_pilot_evaluations", "main_evaluations",
+             "top_up_evaluations")
     assert r.n_evaluations == sum(md[k] for k in parts)
+    assert (md["top_up_evaluations"] > 0) == any(c > 0 for c in md["top_up_contexts_per_order"])
+    if not (top_up and pilot != "reuse"):
+        assert md["top_up_evaluations"] == 0
 
 
 def test_cheaper_than_uniform_contexts_for_the_same_worst_order():
@@ -123,18 +129,21 @@ def seed_t(errors):
     return float(u.mean() / (u.std() / math.sqrt(len(u))))
 
 
-@pytest.mark.parametrize("allocation,pilot", [("orders+pairs", "weighted"), ("orders", "weighted"),
-                                              ("orders+pairs", "reuse"), ("orders", "discard")])
-def test_unbiased_over_seeds_at_n196(game196, allocation, pilot):
+@pytest.mark.parametrize("allocation,pilot,top_up", [("orders+pairs", "weighted", False), ("orders", "weighted", False),
+                                                     ("orders+pairs", "reuse", False), ("orders", "discard", False),
+                                                     ("orders+pairs", "discard", True)])
+def test_unbiased_over_seeds_at_n196(game196, allocation, pilot, top_up):
     g, n, pairs, orders, truth = game196
     # weighted: a small first pilot, a tighter target and rounds at every order: the rounds carry weight
     kw = dict(pilot_contexts=4, max_pilot_ratio=0.05, target_noise=0.15) if pilot == "weighted" else {}
     kw.setdefault("target_noise", 0.3)
     runs = [estimate_adaptive(noisy(g, 0.3, 100 + s), n, pairs, orders, seed=s,
-                              allocation=allocation, pilot=pilot, **kw) for s in range(12)]
+                              allocation=allocation, pilot=pilot, top_up=top_up, **kw) for s in range(12)]
     if pilot == "weighted":  # the weighted pilot rounds are in these estimates
         assert all(r.metadata["reused_pilot_evaluations"] > 0 and max(r.metadata["pilot_weight"]) > 0.1
                    for r in runs)
+    if top_up:  # the top-up ran
+        assert sum(r.metadata["top_up_evaluations"] > 0 for r in runs) >= 6
     values = torch.stack([r.values for r in runs])[:, 1:-1]
     var = torch.stack([r.stderr**2 for r in runs])[:, 1:-1]
     err = values - truth[1:-1]
@@ -145,6 +154,34 @@ def test_unbiased_over_seeds_at_n196(game196, allocation, pilot):
     assert 0.6 < float((z**2).mean()) < 1.5
     # honest variance: squared errors against the stderr^2 the runs report
     assert 0.8 < float((err**2).mean() / var.mean()) < 1.25
+
+
+def test_top_up_corrects_short_plans():
+    """From a 4-sample pilot and no extra rounds the plans scatter; the top-up brings the worst
+    order of each run near the target, where the plan alone misses it, and costs evaluations only
+    where the plan was short (SizeNoiseGame: the truth is a_ij at every order)."""
+    n = 100
+    pairs = reference_pairs(10, 24, generator=torch.Generator().manual_seed(3))
+    a = torch.randn(len(pairs), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sd = lambda size: 0.4 + 2.0 * torch.sin(math.pi * size / n)
+    orders = orders_from_ratios(REFERENCE_RATIOS, n)
+    tau, kw = 0.15, dict(pilot_contexts=4, pilot_rounds=0, min_contexts=4)
+    worst = {True: [], False: []}
+    for s in range(4):
+        for top_up in (True, False):
+            r = estimate_adaptive(SizeNoiseGame(n, pairs, a, sd, seed=10 + s), n, pairs, orders, target_noise=tau,
+                                  seed=s, top_up=top_up, safety=1.0, margin_budget=0.0, **kw)
+            worst[top_up].append(float(r.noise_ratio().max()))
+            md = r.metadata
+            if top_up:
+                extra = torch.tensor(md["top_up_contexts_per_order"])
+                assert md["top_up_evaluations"] > 0 and bool((extra[[0, -1]] == 0).all())
+                # halves of the main stage: per pair at least four main samples, each half topped up
+                assert bool((r.samples_per_pair[1:-1] >= 4 + 4).all())
+                z = (r.values[1:-1] - a) / r.stderr[1:-1]
+                assert float((z**2).mean()) < 1.5
+    assert max(worst[True]) < 1.2 * tau < max(worst[False])
+    assert sum(worst[True]) < sum(worst[False])
 
 
 def test_unbiased_over_seeds_at_small_n():
@@ -163,18 +200,21 @@ def test_unbiased_over_seeds_at_small_n():
     assert 0.8 < float((err**2).mean() / var.mean()) < 1.25
 
 
-def test_stderr_calibrated_at_n196(game196):
+@pytest.mark.parametrize("kw", [{}, {"pilot": "discard", "top_up": True}])
+def test_stderr_calibrated_at_n196(game196, kw):
     g, n, pairs, orders, truth = game196
-    zs = []
-    for seed in range(2):
+    zs, topped = [], 0
+    for seed in range(6):
         r = estimate_adaptive(noisy(g, 0.3, 9 + seed), n, pairs, orders, target_noise=0.15, seed=seed,
-                              min_contexts=30)
+                              min_contexts=30, **kw)
         inner = r.stderr > 0
         assert not inner[0].any() and not inner[-1].any() and inner[1:-1].all()
-        zs.append(((r.values - truth) / r.stderr)[inner])
-    z = torch.cat(zs)
+        zs.append(((r.values - truth) / r.stderr)[1:-1])
+        topped += r.metadata["top_up_evaluations"]
+    assert (topped > 0) == bool(kw)  # the top-up ran where asked for
+    z = torch.stack(zs)  # [seeds, orders, pairs]; a run's pairs share contexts, so t over the seeds
     assert 0.8 < float((z**2).mean()) < 1.25
-    assert abs(float(z.mean())) < 0.15
+    assert abs(float(z.mean())) < 0.15 and abs(seed_t(z)) < 4
     assert float((z.abs() > 4).float().mean()) < 0.005
 
 
@@ -230,11 +270,15 @@ def test_budget_cap_respected_and_reported(game196, caplog):
     free = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3)
     cap = int(0.6 * free.n_evaluations)
     with caplog.at_level("WARNING", logger="moga_analysis.interactions.adaptive"):
-        r = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, max_evaluations=cap)
+        r = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, max_evaluations=cap,
+                              top_up=True)
     md = r.metadata
     assert r.n_evaluations <= cap and md["max_evaluations"] == cap
     assert md["budget_capped"] and 0 < md["budget_scale"] < 1 and md["pilot_mode"] == "weighted"
     assert md["missed_orders"] and "budget was capped" in caplog.text
+    # a cap switches the top-up off (its sizes would depend on every sample); the free run tops up
+    assert md["settings"]["top_up"] is False and md["top_up_evaluations"] == 0
+    assert free.metadata["settings"]["top_up"] is False and free.metadata["settings"]["safety"] == 1.1
     # the scale is shared: the planned ratio is about equal over the orders the cap binds
     planned = torch.tensor(md["planned_noise_ratio"][1:-1])
     assert float(planned.max() / planned.median()) < 1.3
@@ -248,7 +292,9 @@ def test_budget_cap_respected_and_reported(game196, caplog):
     assert 0.95 * free.n_evaluations <= loose.n_evaluations <= 1.25 * free.n_evaluations
     z = (loose.values - free.values)[1:-1] / (loose.stderr**2 + free.stderr**2)[1:-1].sqrt()
     assert float((z**2).mean()) < 1.5
-    same = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard")
+    # discard mode without the top-up (which a cap switches off): a loose cap changes nothing
+    same = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard",
+                             top_up=False)
     same_loose = estimate_adaptive(noisy(g, 0.3, 1), n, pairs, orders, target_noise=0.1, seed=3, pilot="discard",
                                    max_evaluations=10 * free.n_evaluations)
     assert torch.equal(same.values, same_loose.values)  # discard mode: a loose cap changes nothing
@@ -520,8 +566,10 @@ def test_bench_adaptive_seeds_counts(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     medians = bench.main(["--grid", "4", "--images", "1", "--pairs", "4", "--target-noise", "0.8",
-                          "--seeds", "0", "1", "--threads", "1"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 |")]
+                          "--seeds", "0", "1", "--threads", "1", "--top-up"])
+    out = capsys.readouterr().out
+    assert "seeds [0, 1], top-up" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 0 |")]
     assert len(rows) == 2 and len(medians) == 1 and medians[0] > 0
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
