@@ -235,3 +235,23 @@ def test_target_noise_flags_reach_the_estimator(tmp_path):
     assert w.metadata["pilot_mode"] == "weighted"
     with pytest.raises(ValueError, match="unknown pilot mode"):
         InteractionSettings.precise(0.2, pilot="sometimes")
+
+
+def test_top_up_is_the_default_and_no_top_up_turns_it_off(tmp_path):
+    """Without a cap the adaptive run tops its halves up (recorded in the run's and the image's
+    settings); ``--no-top-up`` is one main stage and a different run (resume refused)."""
+    base = [a for a in SMALL if a not in ("--contexts", "2")]
+    argv = [*base, "--num-images", "1", "--target-noise", "0.5", "--max-contexts", "16"]
+    runs = {}
+    for flag in (None, "--no-top-up"):
+        out = tmp_path / str(flag)
+        assert main([*argv, *([flag] if flag else []), "--out", str(out)]) == 0
+        _, meta = load_tensors(out / "interactions_moganet_xtiny.safetensors")
+        runs[flag] = (meta["settings"], InteractionResult.load(out / "moganet_xtiny" / "img_00000.safetensors"))
+    (s_on, r_on), (s_off, r_off) = runs[None], runs["--no-top-up"]
+    assert s_on["top_up"] is True and r_on.metadata["settings"]["top_up"] is True
+    assert r_on.metadata["settings"]["safety"] == 1.0  # the top-up's default safety
+    assert s_off["top_up"] is False and r_off.metadata["settings"]["top_up"] is False
+    assert r_off.metadata["top_up_evaluations"] == 0 and r_off.metadata["settings"]["safety"] == 1.1
+    with pytest.raises(ValueError, match="other settings"):
+        main([*argv, "--no-top-up", "--out", str(tmp_path / "None"), "--resume"])

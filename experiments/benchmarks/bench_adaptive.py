@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pilot-contexts", type=int, default=8)
     p.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
                    help="estimate_adaptive's pilot mode (default: the library's, weighted)")
+    p.add_argument("--top-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="estimate_adaptive's top-up of the main stage's halves (default: on, the library's)")
     p.add_argument("--min-contexts", type=int, default=8)
     p.add_argument("--max-contexts", type=int, default=1024)
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -273,7 +275,7 @@ def main(argv=None):
                     res["c"] = estimate_adaptive(ImageMaskingGame(model, image, target=target, **game_kw), n, pairs,
                                                  orders, target_noise=args.target_noise, seed=seed,
                                                  allocation=args.allocation, pilot_contexts=args.pilot_contexts,
-                                                 pilot=args.pilot,
+                                                 pilot=args.pilot, top_up=args.top_up,
                                                  min_contexts=args.min_contexts, max_contexts=args.max_contexts)
                     times["c"].append(time.perf_counter() - t0)
                     _note(f"(c) adaptive: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "
@@ -345,7 +347,8 @@ def main(argv=None):
 def _print(rows, args, ref_note, environment_info):
     env = environment_info()
     print(f"torch {env.get('torch')}, {env.get('device', 'cpu')}, {args.threads} threads, batch {args.batch_size}, "
-          f"memory format {args.memory_format}, reps {args.reps} (medians)")
+          f"memory format {args.memory_format}, reps {args.reps} (medians); adaptive: pilot {args.pilot}, "
+          f"{'top-up' if args.top_up else 'no top-up'}")
     print()
     print("| run | method | contexts / pair | evaluations | seconds | worst noise ratio | evaluations at equal worst "
           "| (a) / this: evaluations | (a) / this: seconds | (a) / this: at equal worst |")

@@ -10,7 +10,7 @@ with every order's and pair's need known (from the same sigma and mean |I|, the 
 everywhere, no pilot).  Evaluation counts only (they do not depend on the machine's speed or
 load), per run and the median per image.
 
-    python experiments/benchmarks/bench_adaptive_seeds.py --pairs 50 --target-noise 0.3 --seeds 0 1 2 [--top-up]
+    python experiments/benchmarks/bench_adaptive_seeds.py --pairs 50 --target-noise 0.3 --seeds 0 1 2 [--no-top-up]
 
 Run it at two commits (``git worktree``) to compare versions of the estimator on the same draws.
 """
@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-noise", type=float, default=0.3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--top-up", action="store_true", help="estimate_adaptive(..., top_up=True): halves topped up "
-                   "from each other's data")
+    p.add_argument("--top-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="estimate_adaptive's top-up: halves topped up from each other's data (default: on, the "
+                   "library's; --no-top-up: one main stage planned from the pilot)")
     return p
 
 
@@ -89,7 +90,7 @@ def main(argv=None):
     orders = orders_from_ratios(REFERENCE_RATIOS, n)
     picks = torch.linspace(0, len(imgs) - 1, max(args.images, 2)).long().tolist()[: args.images]
     print(f"{args.model}, grid {args.grid}, {args.pairs} pairs, target {args.target_noise}, seeds {args.seeds}"
-          f"{', top-up' if args.top_up else ''}\n")
+          f"{', top-up' if args.top_up else ', no top-up'}\n")
     print("| image | seed | (c) evaluations | worst noise ratio | orders missed | k_u | (a) evaluations | (a) / (c) "
           "| ceiling: needs known | (a) / ceiling |")
     print("|---|---|---|---|---|---|---|---|---|---|")

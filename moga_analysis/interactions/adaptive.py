@@ -323,7 +323,7 @@ class _Plan:
     pilot_rounds: int
     weight_margin: float = 1.25
     margin_budget: float = 0.1
-    top_up: bool = False
+    top_up: bool = True
 
     @property
     def reuse(self) -> bool:
@@ -351,7 +351,7 @@ class _Plan:
 
 def _validated(target_noise, pilot_contexts, min_contexts, max_contexts, max_evaluations, allocation, pilot,
                safety, pilot_fraction, max_pilot_ratio, pilot_rounds, n_pairs: int,
-               weight_margin: float = 1.25, margin_budget: float = 0.1, top_up: bool = False) -> _Plan:
+               weight_margin: float = 1.25, margin_budget: float = 0.1, top_up: bool = True) -> _Plan:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}; choose one of {ALLOCATIONS}")
     if pilot not in PILOT_MODES:
@@ -391,7 +391,7 @@ def estimate_adaptive(
     max_evaluations: Optional[int] = None, allocation: str = "orders+pairs", seed: int = 0,
     batch_size: Optional[int] = None, progress: bool = False, pilot: str = "weighted",
     safety: Optional[float] = None, pilot_fraction: Optional[float] = None, max_pilot_ratio: float = 0.35,
-    pilot_rounds: int = 2, weight_margin: float = 1.25, margin_budget: float = 0.1, top_up: bool = False,
+    pilot_rounds: int = 2, weight_margin: float = 1.25, margin_budget: float = 0.1, top_up: bool = True,
 ) -> InteractionResult:
     """I^(m)(i,j) with noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost
     (the method, and why the estimates are unbiased: the module docstring).
@@ -423,9 +423,10 @@ def estimate_adaptive(
         weight_margin: weighted mode: a round's weight is its share of the planned need over this (>= 1).
         margin_budget: weighted and discard modes without the top-up: the share of the planned
             evaluations for plan margins of the cheapest orders (0: none; module docstring).
-        top_up: opt-in, weighted and discard modes without a cap: the main stage in two halves,
-            each topped up to the count the *other* half's data say the target needs (module
-            docstring); False: one main stage planned from the pilot.
+        top_up: weighted and discard modes without a cap (default): the main stage in two
+            halves, each topped up to the count the *other* half's data say the target needs
+            (module docstring); False, a cap or ``pilot="reuse"``: one main stage planned from
+            the pilot.
 
     Returns an :class:`InteractionResult` with ``method="adaptive"`` and the achieved precision in
     ``metadata``; orders that miss the target are logged as warnings.

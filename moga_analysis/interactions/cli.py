@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
                    help="with a target: the pilot's later rounds enter the estimate with weights fixed before they "
                    "are drawn (weighted, default), plan only (discard), or a cross-fitted pilot (reuse)")
+    g.add_argument("--no-top-up", dest="top_up", action="store_false",
+                   help="with a target: one main stage planned from the pilot, instead of two halves each "
+                   "topped up to what the other half's data say the target needs (the default without a cap)")
     g.add_argument("--ratios", type=float, nargs="+", default=None,
                    help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios; with --maps those "
                    "inside the bands)")
@@ -97,7 +100,7 @@ def settings_from_args(args: argparse.Namespace):
         return InteractionSettings.precise(0.1 if args.target_noise is None else args.target_noise,
                                            pilot_contexts=args.pilot_contexts, min_contexts=args.min_contexts,
                                            max_contexts=args.max_contexts, max_evaluations=args.max_evaluations,
-                                           pilot=args.pilot, **overrides)
+                                           pilot=args.pilot, top_up=args.top_up, **overrides)
     if args.max_evaluations is not None:
         raise ValueError("--max-evaluations caps the adaptive estimator: give --target-noise too")
     preset = InteractionSettings.reference if args.protocol == "reference" else InteractionSettings.efficient

@@ -76,7 +76,8 @@ class InteractionSettings:
     per pair and order, or ``"adaptive"``: as many shared contexts per order as it takes to reach
     noise floor / mean |I^(m)| <= ``target_noise`` at every order (a pilot of ``pilot_contexts``,
     then ``min_contexts`` .. ``max_contexts`` per pair, at most ``max_evaluations`` per image, the
-    pilot rounds in the estimate with fixed weights unless ``pilot="discard"``; see
+    pilot rounds in the estimate with fixed weights unless ``pilot="discard"``, the main stage in
+    two halves each topped up from the other's data unless ``top_up=False`` or a cap is set; see
     :func:`~moga_analysis.interactions.adaptive.estimate_adaptive`).  ``dtype``/``memory_format``
     how the model runs (``"auto"``: channels_last for conv nets, model and input together);
     ``image_size``: None for the model's own.
@@ -101,6 +102,7 @@ class InteractionSettings:
     max_contexts: int = 1024
     max_evaluations: Optional[int] = None
     pilot: str = "weighted"
+    top_up: bool = True
     map_radius: int = 1
     map_neighbourhood: str = "right_down"
 
@@ -168,7 +170,8 @@ class InteractionSettings:
         d = dataclasses.asdict(self)
         d["ratios"] = list(self.ratios)
         if self.method != "adaptive":
-            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations", "pilot"):
+            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations", "pilot",
+                        "top_up"):
                 d.pop(key)
         else:
             d.pop("contexts")
@@ -212,7 +215,7 @@ def image_interactions(
         res = estimate_adaptive(game, n, pairs, orders, target_noise=settings.target_noise,
                                 pilot_contexts=settings.pilot_contexts, min_contexts=settings.min_contexts,
                                 max_contexts=settings.max_contexts, max_evaluations=settings.max_evaluations,
-                                pilot=settings.pilot, seed=seed + 1, progress=progress)
+                                pilot=settings.pilot, top_up=settings.top_up, seed=seed + 1, progress=progress)
     else:
         res = estimate_interactions(game, n, pairs, orders, int(settings.contexts), method=settings.method,
                                     seed=seed + 1, progress=progress)
