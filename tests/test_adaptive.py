@@ -581,3 +581,24 @@ def test_bench_adaptive_seeds_counts(capsys):
         cells = [c.strip() for c in line.strip("|").split("|")]
         a, ceiling = int(cells[6].replace(",", "")), int(cells[8].replace(",", ""))
         assert 0 < ceiling < a and float(cells[9]) == pytest.approx(a / ceiling, abs=0.006)
+
+
+def test_bias_over_seeds_script_matches_the_estimator(game196, capsys):
+    """experiments/adaptive_bias_over_seeds.py on three seeds: its t per order and its squared
+    errors / stderr^2 are those of estimate_adaptive run directly on the test's game."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "adaptive_bias_over_seeds.py"
+    spec = importlib.util.spec_from_file_location("adaptive_bias_over_seeds", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ts, ratio = script.main(["--seeds", "7", "10", "--pilot", "discard", "--no-top-up"])
+    assert "discard, top-up False" in capsys.readouterr().out
+    g, n, pairs, orders, truth = game196
+    runs = [estimate_adaptive(noisy(g, 0.3, 100 + s), n, pairs, orders, seed=s, pilot="discard", top_up=False,
+                              target_noise=0.3) for s in (7, 8, 9)]
+    err = torch.stack([r.values for r in runs])[:, 1:-1] - truth[1:-1]
+    var = torch.stack([r.stderr**2 for r in runs])[:, 1:-1]
+    assert ts == pytest.approx([seed_t(err[:, o]) for o in range(err.shape[1])], rel=1e-9)
+    assert ratio == pytest.approx(float((err**2).sum() / var.sum()), rel=1e-9)

@@ -39,9 +39,9 @@ Method
    cross-fitted pilot only.
 4. **Plan margins** (weighted and discard modes without the top-up: ``top_up=False`` or a cap):
    each order's planning data are resampled (``_BOOTSTRAP`` times, each pair's samples with
-   replacement) and re-planned, which gives the sd
-   of log(planned need) (``metadata["plan_log_sd"]``; it tracks the actual planning error over
-   seeds, tests/test_adaptive.py).  The cheapest orders, cheapest first, get their plan times
+   replacement) and re-planned, which gives the sd of log(planned need)
+   (``metadata["plan_log_sd"]``; it tracks the actual planning error over seeds,
+   tests/test_adaptive.py).  The cheapest orders, cheapest first, get their plan times
    exp(2 sd) (at most ``_MAX_MARGIN``) while the extra evaluations stay within ``margin_budget``
    (10 %) of the plan (``metadata["plan_margin"]``).  Why: the result is judged at its worst
    order, and a cheap order is planned from a pilot about as large as its need, so its plan is as
@@ -53,10 +53,10 @@ Method
    weighted rounds (total weight W_p, sum of w_r^2 / e_r U_p) it has the weight R_p = 1 - W_p and
    N_p = R_p^2 / (1 / k_p - U_p) samples, which gives the variance of k_p unweighted samples
    (``metadata["effective_samples"]``).
-6. **Top-up** (``top_up=True``, the default in weighted and discard modes without a cap): the main stage
-   is planned to the bare need (``safety`` 1.0 by default, no plan margins) and drawn as two
-   independent halves A and B of fresh shared contexts (ceil and floor of half of each pair's
-   count).  From half B's samples alone (with the rounds before the main stage) the scale c_B >= 1
+6. **Top-up** (``top_up=True``, the default in weighted and discard modes without a cap): the
+   main stage is planned to the bare need (``safety`` 1.0 by default, no plan margins) and drawn
+   as two independent halves A and B of fresh shared contexts (ceil and floor of half of each
+   pair's count).  From half B's samples alone (with the rounds before the main stage) the scale c_B >= 1
    on the main stage's counts that brings the order to ``target / sqrt(safety)`` is solved for
    (per pair the variance of the rounds plus R^2 sigma_p^2 / (c N_p), the signal from
    :func:`planning_signal` of half B's values); half A is topped up to c_B times its count with
@@ -425,10 +425,9 @@ def estimate_adaptive(
         weight_margin: weighted mode: a round's weight is its share of the planned need over this (>= 1).
         margin_budget: weighted and discard modes without the top-up: the share of the planned
             evaluations for plan margins of the cheapest orders (0: none; module docstring).
-        top_up: weighted and discard modes without a cap (default): the main stage in two
-            halves, each topped up to the count the *other* half's data say the target needs
-            (module docstring); False, a cap or ``pilot="reuse"``: one main stage planned from
-            the pilot.
+        top_up: (default) weighted and discard modes without a cap: the main stage in two halves,
+            each topped up to what the *other* half's data say the target needs (module
+            docstring); False, a cap or ``pilot="reuse"``: one main stage planned from the pilot.
 
     Returns an :class:`InteractionResult` with ``method="adaptive"`` and the achieved precision in
     ``metadata``; orders that miss the target are logged as warnings.
