@@ -187,6 +187,14 @@ def _c4(k: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.5 * math.log(2.0) - 0.5 * (k - 1).log() + torch.lgamma(k / 2) - torch.lgamma((k - 1) / 2))
 
 
+def _evaluate_blocks(game: Game, blocks: List[torch.Tensor], batch_size: Optional[int], desc: str):
+    """Game values of several blocks of rows in one call (full batches across the blocks), split
+    back into one tensor per block."""
+    if not blocks:
+        return []
+    return list(_evaluate(game, torch.cat(blocks), batch_size, False, desc).split([len(b) for b in blocks]))
+
+
 def _derived_seed(seed: int, stage: int) -> int:
     return (int(seed) * 1_000_003 + 7_919 * (stage + 1)) % (2**63 - 1)
 
@@ -901,8 +909,9 @@ class _AdaptiveRun:
         enabled = self.progress and len(self.inner) > 1
         for o in _progress(self.inner, enabled=enabled, desc="adaptive main", leave=False, unit="order"):
             parts = [self.reused[o]] if not self.p.tops_up else [_Samples(self.P), _Samples(self.P)]
-            for store, (r, (a, b, c, d), pair_of) in zip(parts, main[o] or []):
-                vo = _evaluate(self.game, r, self.batch_size, False, "adaptive main")
+            drawn = main[o] or []
+            values = _evaluate_blocks(self.game, [r for r, _, _ in drawn], self.batch_size, "adaptive main")
+            for store, (_, (a, b, c, d), pair_of), vo in zip(parts, drawn, values):
                 store.add(vo[a] - vo[b] - vo[c] + vo[d], pair_of)
             main[o] = None  # free the rows
             if self.p.tops_up:
@@ -928,18 +937,17 @@ class _AdaptiveRun:
         planned = [halves[0].stats()[0], halves[1].stats()[0]]
         # both scales from the main samples alone, before either half grows
         scales = [self._scale_from(o, halves[1 - h], planned[0] + planned[1]) for h in (0, 1)]
-        total = 0
+        drawn = []
         for h, scale in enumerate(scales):
             want = torch.ceil(scale * planned[h].double()).clamp(max=self.p.k_max).long()
             extra = (want - planned[h]).clamp_min(0)
-            if int(extra.max()) == 0:
-                continue
-            rows, (a, b, c, d), pair_of = _shared_samples(self.n, self.pairs, self.order_list[o], extra, gen)
-            v = _evaluate(self.game, rows, self.batch_size, False, "adaptive top-up")
+            if int(extra.max()) > 0:
+                drawn.append((h, _shared_samples(self.n, self.pairs, self.order_list[o], extra, gen)))
+                self.top_up_count[o] += extra
+        values = _evaluate_blocks(self.game, [rows for _, (rows, _, _) in drawn], self.batch_size, "adaptive top-up")
+        for (h, (_, (a, b, c, d), pair_of)), v in zip(drawn, values):
             halves[h].add(v[a] - v[b] - v[c] + v[d], pair_of)
-            self.top_up_count[o] += extra
-            total += len(rows)
-        return total
+        return sum(len(rows) for _, (rows, _, _) in drawn)
 
     def _scale_from(self, o: int, half: "_Samples", main_count: torch.Tensor) -> float:
         """The factor (>= 1) on the main stage's samples that brings order o to the target, as one
