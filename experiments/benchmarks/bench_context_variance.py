@@ -13,7 +13,17 @@ and prints, per order, the median held-out R^2 of two such models:
 
 Fit on one half of the samples, R^2 on the other half (so it can be negative).
 
+``--permutations T`` also measures one such design directly, disjoint blocks: a random permutation
+of the players other than i and j is cut into g = (n-2) // a blocks of a = min(m, n-2-m) players,
+each block giving one context (the block itself at low orders, everything but the block at high
+orders).  Every context is uniform over the pair's contexts of size m (unbiased), and at low orders
+the blocks tile the players, so the part of Delta that is additive in the players present cancels
+in the permutation's mean.  The column ``blocks`` is the median over pairs of
+Var[Delta] / (g Var[mean of a permutation's g blocks]) over T permutations: the variance gain per
+sample against independent contexts (1 = none).
+
     python experiments/benchmarks/bench_context_variance.py                      # shipped FMNIST MogaNet
+    python experiments/benchmarks/bench_context_variance.py --permutations 40    # with the block design
     python experiments/benchmarks/bench_context_variance.py --model tf_efficientnet_lite0.pypi --grid 14
 """
 
@@ -44,6 +54,41 @@ def ring_counts(grid: int, i: int, j: int, present: torch.Tensor) -> torch.Tenso
     return torch.cat(cols, 1)
 
 
+def block_contexts(n: int, i: int, j: int, m: int, permutations: int, gen: torch.Generator):
+    """Contexts of the block design for pair (i, j) at order m: bool ``[permutations * g, n]``
+    (permutation by permutation, g blocks each) and g."""
+    others = torch.tensor([c for c in range(n) if c not in (i, j)])
+    a = min(m, n - 2 - m)
+    if a < 1:
+        raise ValueError("orders 0 and n-2 have a single context")
+    g = (n - 2) // a
+    blocks = torch.stack([others[torch.randperm(n - 2, generator=gen)][: g * a] for _ in range(permutations)])
+    blocks = blocks.view(permutations * g, a)
+    S = torch.zeros(permutations * g, n, dtype=torch.bool)
+    S[torch.arange(len(S))[:, None], blocks] = True
+    if m > n - 2 - m:  # high orders: the block is what is absent
+        S = ~S
+        S[:, [i, j]] = False
+    return S, g
+
+
+def block_gain(delta: torch.Tensor, g: int) -> float:
+    """Var[Delta] / (g Var[permutation mean]) for ``delta`` ordered permutation by permutation."""
+    d = delta.view(-1, g)
+    return float(d.var() / (g * d.mean(1).var()))
+
+
+def second_differences(game, S: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    Si, Sj = S.clone(), S.clone()
+    Si[:, i] = True
+    Sj[:, j] = True
+    Sij = Si.clone()
+    Sij[:, j] = True
+    K = len(S)
+    v = game(torch.cat([Sij, Si, Sj, S]))
+    return v[:K] - v[K:2 * K] - v[2 * K:3 * K] + v[3 * K:]
+
+
 def main(argv=None):
     from moga_analysis.data import load_model, shipped_examples
     from moga_analysis.games import ImageMaskingGame
@@ -59,6 +104,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=600, help="independent contexts per pair and order")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--permutations", type=int, default=0, help="permutations per pair and order for the block "
+                   "design's measured gain (0: not measured)")
     args = p.parse_args(argv)
     tune_malloc()
     model = load_model(args.model, device="cpu")
@@ -66,7 +113,8 @@ def main(argv=None):
     n = args.grid**2
     orders = orders_from_ratios(args.ratios, n)
     gen = torch.Generator().manual_seed(0)
-    r2 = {m: {"linear": [], "local": []} for m in orders}
+    gen_blocks = torch.Generator().manual_seed(1)  # its own stream: the R^2 columns do not depend on it
+    r2 = {m: {"linear": [], "local": [], "blocks": []} for m in orders}
     for k, (image, label) in enumerate(items):
         game = ImageMaskingGame(model, image, target=label, grid=args.grid, batch_size=args.batch_size)
         pairs = reference_pairs(args.grid, args.pairs, generator=torch.Generator().manual_seed(k))
@@ -76,26 +124,27 @@ def main(argv=None):
                 excl = torch.zeros(K, n, dtype=torch.bool)
                 excl[:, [i, j]] = True
                 S = _random_subsets(K, n, m, gen, excl)
-                Si, Sj = S.clone(), S.clone()
-                Si[:, i] = True
-                Sj[:, j] = True
-                Sij = Si.clone()
-                Sij[:, j] = True
-                v = game(torch.cat([Sij, Si, Sj, S]))
-                delta = v[:K] - v[K:2 * K] - v[2 * K:3 * K] + v[3 * K:]
+                delta = second_differences(game, S, i, j)
+                if args.permutations:
+                    B, g = block_contexts(n, i, j, m, args.permutations, gen_blocks)
+                    r2[m]["blocks"].append(block_gain(second_differences(game, B, i, j), g))
                 others = [c for c in range(n) if c not in (i, j)]
                 r2[m]["linear"].append(heldout_r2(S[:, others], delta))
                 r2[m]["local"].append(heldout_r2(ring_counts(args.grid, i, j, S), delta))
     env = environment_info()
     print(f"model {args.model}, grid {args.grid}, {len(items)} images x {args.pairs} pairs, "
           f"{args.samples} contexts per pair and order, torch {env.get('torch')}")
-    print("| order m | m/(n-2) | median R^2 linear | median R^2 local | variance ceiling 1/(1-R^2) |")
-    print("|---|---|---|---|---|")
+    blocks = " blocks, measured gain (range over pairs) |" if args.permutations else ""
+    print("| order m | m/(n-2) | median R^2 linear | median R^2 local | variance ceiling 1/(1-R^2) |" + blocks)
+    print("|---|---|---|---|---|" + ("---|" if blocks else ""))
     for m in orders:
         lin = statistics.median(r2[m]["linear"])
         loc = statistics.median(r2[m]["local"])
         best = max(lin, loc, 0.0)
-        print(f"| {m} | {m / (n - 2):.2f} | {lin:.2f} | {loc:.2f} | {1 / (1 - best):.2f}x |")
+        gains = r2[m]["blocks"]
+        cell = f" {statistics.median(gains):.2f}x ({min(gains):.2f}-{max(gains):.2f}) |" if gains else ""
+        print(f"| {m} | {m / (n - 2):.2f} | {lin:.2f} | {loc:.2f} | {1 / (1 - best):.2f}x |" + cell)
+    return r2
 
 
 if __name__ == "__main__":
