@@ -64,6 +64,26 @@ def test_main_reports_the_block_column(script, capsys):
     r2 = script.main(["--images", "1", "--pairs", "1", "--samples", "24", "--ratios", "0.1", "0.9",
                       "--permutations", "4", "--batch-size", "64"])
     out = capsys.readouterr().out
-    assert "blocks, measured gain" in out
-    assert [len(v["blocks"]) for v in r2.values()] == [1, 1]
+    assert "blocks, measured gain" in out and "spread, median gain" in out
+    assert "| n/a (63 coefficients, 12 samples) |" in out  # 24 contexts cannot fit the linear model
+    assert [len(v["blocks"]) for v in r2.values()] == [1, 1] == [len(v["spread"]) for v in r2.values()]
     assert all(v["blocks"][0] > 0 for v in r2.values())
+
+
+def test_spread_gain_finds_a_context_dependent_spread_and_no_gain_without_one(script):
+    grid, i, j, m, K = 4, 5, 10, 2, 20000
+    n = grid * grid
+    ring = [0, 1, 2, 4, 6, 8, 9]  # Chebyshev radius 1 of player 5 on the 4 x 4 grid, less i and j
+    gen = torch.Generator().manual_seed(3)
+    excl = torch.zeros(K, n, dtype=torch.bool)
+    excl[:, [i, j]] = True
+    from moga_analysis.interactions.estimators import _random_subsets
+    S = _random_subsets(K, n, m, gen, excl)
+    noise = torch.randn(K, generator=gen, dtype=torch.float64)
+    local = script.ring_counts(grid, i, j, S)
+    # Delta = scale(S) * noise with scale^2 linear in the present players of the ring (0, 1 or 2 of them)
+    scale = (0.05 + S[:, ring].sum(1).double()).sqrt()
+    expected = float((scale**2).mean() / scale.mean() ** 2)  # E[s^2] / E[s]^2, the optimum's gain
+    assert expected > 1.1
+    assert script.spread_gain(local, scale * noise) == pytest.approx(expected, rel=0.06)
+    assert script.spread_gain(local, noise) == pytest.approx(1.0, abs=0.03)

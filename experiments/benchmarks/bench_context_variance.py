@@ -7,11 +7,21 @@ model of the context explains. This script draws independent contexts per pair o
 and prints, per order, the median held-out R^2 of two such models:
 
 * ``linear``: Delta regressed on the inclusion indicator of every other player (the main effects
-  that a balanced design, each player present in the same share of contexts, would cancel);
+  that a balanced design, each player present in the same share of contexts, would cancel;
+  fitted only with at least 4 samples per coefficient, ``--samples`` >= 8 (n-1), else n/a);
 * ``local``: Delta regressed on the number of present players within Chebyshev radius 1, 2, 3 of
   i and of j (what stratifying by the local context would capture).
 
 Fit on one half of the samples, R^2 on the other half (so it can be negative).
+
+Those models bound designs that predict Delta itself. A design can also gain where the *spread*
+of Delta depends on the context, by sampling more often where it is large: importance sampling
+with the proposal q(S) proportional to p(S) sigma(S) has the per-sample variance
+E_p[sigma] E_p[Delta^2 / sigma] - I^2 (Neyman-allocated strata are the special case of a sigma
+constant within strata). The column ``spread`` is the median over pairs of Var[Delta] over that
+variance, with sigma^2(S) from a regression of Delta^2 on the ``local`` counts fitted on one half
+and the variance measured on the other half: the gain a design steered by the local context's
+effect on the spread could give (1 = none).
 
 ``--permutations T`` also measures one such design directly, disjoint blocks: a random permutation
 of the players other than i and j is cut into g = (n-2) // a blocks of a = min(m, n-2-m) players,
@@ -41,6 +51,19 @@ def heldout_r2(x: torch.Tensor, y: torch.Tensor) -> float:
     beta = torch.linalg.lstsq(x1[:h], y[:h, None]).solution
     resid = y[h:] - (x1[h:] @ beta)[:, 0]
     return float(1 - resid.var() / y[h:].var())
+
+
+def spread_gain(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Var[y] / (E[sigma] E[y^2 / sigma] - E[y]^2) on the second half of the samples, with sigma^2 a
+    least-squares fit of y^2 on ``x`` over the first half (floored at 2 % of its mean there): the
+    variance gain per sample of importance sampling with q proportional to p sigma."""
+    h = len(y) // 2
+    x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    y2 = y.double() ** 2
+    beta = torch.linalg.lstsq(x1[:h], y2[:h, None]).solution
+    sigma = (x1[h:] @ beta)[:, 0].clamp_min(0.02 * float(y2[:h].mean())).sqrt()
+    rest = y[h:].double()
+    return float(rest.var() / (sigma.mean() * (rest**2 / sigma).mean() - rest.mean() ** 2))
 
 
 def ring_counts(grid: int, i: int, j: int, present: torch.Tensor) -> torch.Tensor:
@@ -114,7 +137,10 @@ def main(argv=None):
     orders = orders_from_ratios(args.ratios, n)
     gen = torch.Generator().manual_seed(0)
     gen_blocks = torch.Generator().manual_seed(1)  # its own stream: the R^2 columns do not depend on it
-    r2 = {m: {"linear": [], "local": [], "blocks": []} for m in orders}
+    r2 = {m: {"linear": [], "local": [], "spread": [], "blocks": []} for m in orders}
+    # n - 1 coefficients fitted on half the samples: with fewer than 4 samples per coefficient the
+    # held-out R^2 measures the overfit (-20 to -30 with 200 samples for 195 coefficients), not the model
+    fit_linear = args.samples // 2 >= 4 * (n - 1)
     for k, (image, label) in enumerate(items):
         game = ImageMaskingGame(model, image, target=label, grid=args.grid, batch_size=args.batch_size)
         pairs = reference_pairs(args.grid, args.pairs, generator=torch.Generator().manual_seed(k))
@@ -129,21 +155,27 @@ def main(argv=None):
                     B, g = block_contexts(n, i, j, m, args.permutations, gen_blocks)
                     r2[m]["blocks"].append(block_gain(second_differences(game, B, i, j), g))
                 others = [c for c in range(n) if c not in (i, j)]
-                r2[m]["linear"].append(heldout_r2(S[:, others], delta))
-                r2[m]["local"].append(heldout_r2(ring_counts(args.grid, i, j, S), delta))
+                if fit_linear:
+                    r2[m]["linear"].append(heldout_r2(S[:, others], delta))
+                local = ring_counts(args.grid, i, j, S)
+                r2[m]["local"].append(heldout_r2(local, delta))
+                r2[m]["spread"].append(spread_gain(local, delta))
     env = environment_info()
     print(f"model {args.model}, grid {args.grid}, {len(items)} images x {args.pairs} pairs, "
           f"{args.samples} contexts per pair and order, torch {env.get('torch')}")
     blocks = " blocks, measured gain (range over pairs) |" if args.permutations else ""
-    print("| order m | m/(n-2) | median R^2 linear | median R^2 local | variance ceiling 1/(1-R^2) |" + blocks)
-    print("|---|---|---|---|---|" + ("---|" if blocks else ""))
+    print("| order m | m/(n-2) | median R^2 linear | median R^2 local | variance ceiling 1/(1-R^2) "
+          "| spread, median gain |" + blocks)
+    print("|---|---|---|---|---|---|" + ("---|" if blocks else ""))
     for m in orders:
-        lin = statistics.median(r2[m]["linear"])
+        lin = statistics.median(r2[m]["linear"]) if fit_linear else float("nan")
         loc = statistics.median(r2[m]["local"])
-        best = max(lin, loc, 0.0)
+        best = max(loc, 0.0, lin if fit_linear else 0.0)
         gains = r2[m]["blocks"]
         cell = f" {statistics.median(gains):.2f}x ({min(gains):.2f}-{max(gains):.2f}) |" if gains else ""
-        print(f"| {m} | {m / (n - 2):.2f} | {lin:.2f} | {loc:.2f} | {1 / (1 - best):.2f}x |" + cell)
+        spread = statistics.median(r2[m]["spread"])
+        lin_cell = f"{lin:.2f}" if fit_linear else f"n/a ({n - 1} coefficients, {args.samples // 2} samples)"
+        print(f"| {m} | {m / (n - 2):.2f} | {lin_cell} | {loc:.2f} | {1 / (1 - best):.2f}x | {spread:.2f}x |" + cell)
     return r2
 
 
