@@ -1,4 +1,4 @@
-"""experiments/benchmarks/bench_context_variance.py: the block design it measures."""
+"""experiments/benchmarks/bench_context_variance.py: the block design and the spread gain it measures."""
 
 import importlib.util
 from pathlib import Path
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from moga_analysis.interactions import HarsanyiGame
+from moga_analysis.interactions.estimators import _random_subsets
 
 PATH = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "bench_context_variance.py"
 
@@ -77,7 +78,6 @@ def test_spread_gain_finds_a_context_dependent_spread_and_no_gain_without_one(sc
     gen = torch.Generator().manual_seed(3)
     excl = torch.zeros(K, n, dtype=torch.bool)
     excl[:, [i, j]] = True
-    from moga_analysis.interactions.estimators import _random_subsets
     S = _random_subsets(K, n, m, gen, excl)
     noise = torch.randn(K, generator=gen, dtype=torch.float64)
     local = script.ring_counts(grid, i, j, S)

@@ -154,8 +154,8 @@ def main(argv=None):
                 if args.permutations:
                     B, g = block_contexts(n, i, j, m, args.permutations, gen_blocks)
                     r2[m]["blocks"].append(block_gain(second_differences(game, B, i, j), g))
-                others = [c for c in range(n) if c not in (i, j)]
                 if fit_linear:
+                    others = [c for c in range(n) if c not in (i, j)]
                     r2[m]["linear"].append(heldout_r2(S[:, others], delta))
                 local = ring_counts(args.grid, i, j, S)
                 r2[m]["local"].append(heldout_r2(local, delta))
