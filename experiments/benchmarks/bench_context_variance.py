@@ -168,9 +168,9 @@ def main(argv=None):
           "| spread, median gain |" + blocks)
     print("|---|---|---|---|---|---|" + ("---|" if blocks else ""))
     for m in orders:
-        lin = statistics.median(r2[m]["linear"]) if fit_linear else float("nan")
+        lin = statistics.median(r2[m]["linear"]) if fit_linear else 0.0
         loc = statistics.median(r2[m]["local"])
-        best = max(loc, 0.0, lin if fit_linear else 0.0)
+        best = max(lin, loc, 0.0)
         gains = r2[m]["blocks"]
         cell = f" {statistics.median(gains):.2f}x ({min(gains):.2f}-{max(gains):.2f}) |" if gains else ""
         spread = statistics.median(r2[m]["spread"])
