@@ -1,5 +1,6 @@
 """The fast path by default: CLIs restart with the allocator settings, notebooks get a kernel
-that starts with them, and the environment of every result says which allocator ran."""
+that starts with them, library pipelines set it themselves (once, with two opt-outs), and the
+environment of every result says which allocator ran."""
 
 import json
 import os
@@ -110,3 +111,98 @@ def test_tune_malloc_passes_c_ints(monkeypatch):
     for k, v in MALLOC_ENV.items():
         monkeypatch.setenv(k, v)
     assert runtime.tune_malloc() and calls == []  # set at start-up: left alone
+
+
+# ------------------------------------------------------------------ the library pipelines' fast path
+_PIPELINES = r"""
+import json, sys
+from moga_analysis import runtime
+from moga_analysis.data import sample_image_paths
+
+calls = []
+tune = runtime.tune_malloc
+runtime.tune_malloc = lambda *a, **k: calls.append(1) or tune(*a, **k)
+
+
+def cams(**kw):
+    from moga_analysis.gradcam import CAMSettings, compute_cams
+    compute_cams("moganet_xtiny", sample_image_paths()[:1], CAMSettings(image_size=32, metrics=False),
+                 random_weights=True, device="cpu", progress=False, **kw)
+
+
+def erfs(**kw):
+    import warnings
+    from moga_analysis.erf import ERFSettings, compute_erfs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compute_erfs("moganet_xtiny", sample_image_paths()[:1], ERFSettings(image_size=32), random_weights=True,
+                     device="cpu", progress=False, **kw)
+
+
+def ablation(**kw):
+    from moga_analysis.ablation import AblationSettings, run_ablation
+    run_ablation("moganet_xtiny", sample_image_paths()[:1], AblationSettings(ablations=("gate",), image_size=32,
+                 calibration_images=1), random_weights=True, device="cpu", batch_size=1, workers=0, progress=False,
+                 **kw)
+
+
+pipelines, kw = sys.argv[1].split(","), json.loads(sys.argv[2])
+states = []
+for name in pipelines:
+    globals()[name](**kw)
+    states.append(runtime.allocator_state())
+print(json.dumps({"states": states, "tune_calls": len(calls)}))
+"""
+
+
+def _pipelines_in_a_fresh_process(pipelines, env_extra=None, **kw):
+    env = {k: v for k, v in _clean_env().items() if k != "MOGA_ANALYSIS_FAST_PATH"}
+    env.update(env_extra or {})
+    p = subprocess.run([sys.executable, "-c", _PIPELINES, ",".join(pipelines), json.dumps(kw)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+@pytest.mark.parametrize("pipeline", ["cams", "erfs", "ablation"])
+def test_each_pipeline_sets_the_fast_path_once(pipeline):
+    """A plain script gets the allocator settings from the pipeline itself, applied once."""
+    r = _pipelines_in_a_fresh_process([pipeline, pipeline])
+    assert r == {"states": ["mallopt", "mallopt"], "tune_calls": 1}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+def test_pipelines_respect_the_keyword_opt_out():
+    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation"], fast_path=False)
+    assert r == {"states": ["default"] * 3, "tune_calls": 0}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+def test_pipelines_respect_the_environment_opt_out():
+    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation"], {"MOGA_ANALYSIS_FAST_PATH": "0"})
+    assert r == {"states": ["default"] * 3, "tune_calls": 0}
+
+
+def test_fast_path_is_idempotent_and_leaves_an_environment_start_alone(monkeypatch):
+    from moga_analysis import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "tune_malloc", lambda *a: calls.append(a) or True)
+    monkeypatch.setattr(runtime, "_FAST_PATH_TRIED", False)
+    monkeypatch.delenv(runtime.FAST_PATH_ENV, raising=False)
+    for k, v in MALLOC_ENV.items():
+        monkeypatch.setenv(k, v)
+    assert runtime.fast_path() == "environment" and calls == []  # glibc read them at start-up
+    for k in MALLOC_ENV:
+        monkeypatch.delenv(k)
+    monkeypatch.setattr(runtime, "_FAST_PATH_TRIED", False)
+    monkeypatch.setattr(runtime, "_MALLOC_TUNED", False)
+    for value in ("0", "false", "off"):
+        monkeypatch.setenv(runtime.FAST_PATH_ENV, value)
+        assert runtime.fast_path() == "default" and calls == []
+    monkeypatch.setenv(runtime.FAST_PATH_ENV, "1")
+    assert runtime.fast_path(enabled=False) == "default" and calls == []
+    runtime.fast_path()
+    runtime.fast_path()
+    assert len(calls) == 1

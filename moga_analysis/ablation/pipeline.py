@@ -264,6 +264,7 @@ def run_ablation(
     checkpoint_every_s: float = 120.0,
     random_weights: bool = False,
     progress: bool = True,
+    fast_path: bool = True,
 ) -> AblationReport:
     """Every ablation of ``settings`` on one MogaNet over ``images`` in one pass (see :mod:`.evaluate`).
 
@@ -271,11 +272,14 @@ def run_ablation(
     (synset folders, a flat folder with ``labels_file`` read as ``labels_format``, or unlabelled images), files or an
     :class:`~moga_analysis.data.ImageSet`; ``num_images``: the one subset rule.  ``out``: the run
     folder (``resume=True`` continues it).  Returns an :class:`AblationReport` (saved in ``out``).
+    ``fast_path``: False leaves the allocator alone (:func:`moga_analysis.runtime.fast_path`).
     """
     from ..data import image_set, transform_for
+    from ..runtime import fast_path as _fast_path
     from ..runtime import resolve_device
     from ..specs import model_specs
 
+    _fast_path(fast_path)
     settings = settings or AblationSettings()
     specs = settings.specs()
     (spec,) = model_specs(model, random_weights=random_weights)

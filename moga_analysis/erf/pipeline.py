@@ -101,15 +101,19 @@ def compute_erfs(
     batch_size: Optional[int] = None,
     random_weights: bool = False,
     progress: bool = True,
+    fast_path: bool = True,
 ) -> ERFStack:
     """The mean ERF map of every model over the same images (RepLKNet protocol, see :mod:`.erf`).
 
     Arguments as :func:`moga_analysis.gradcam.compute_cams`.  A model whose weights look random
     raises a :class:`~moga_analysis.erf.RandomWeightsWarning`.
+    ``fast_path``: False leaves the allocator alone (:func:`moga_analysis.runtime.fast_path`).
     """
     from ..data import image_set, transform_for
+    from ..runtime import fast_path as _fast_path
     from ..specs import iter_models, model_specs
 
+    _fast_path(fast_path)
     settings = settings or ERFSettings()
     specs = model_specs(models, random_weights=random_weights)
     imgs = image_set(images, labels, num_images=num_images, seed=settings.seed)

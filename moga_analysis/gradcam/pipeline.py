@@ -183,6 +183,7 @@ def compute_cams(
     batch_size: Optional[int] = None,
     random_weights: bool = False,
     progress: bool = True,
+    fast_path: bool = True,
 ) -> CAMStack:
     """Grad-CAM maps of every model on the same images, with faithfulness metrics.
 
@@ -191,10 +192,13 @@ def compute_cams(
     (:func:`moga_analysis.data.image_set`; ``num_images``: the one subset rule).  ``out``: a run
     folder to write (and, with ``resume``, to continue).  The explained class is each model's
     prediction.  Returns a :class:`CAMStack`.
+    ``fast_path``: False leaves the allocator alone (:func:`moga_analysis.runtime.fast_path`).
     """
     from ..data import class_names_for, image_set
+    from ..runtime import fast_path as _fast_path
     from ..specs import iter_models, model_specs
 
+    _fast_path(fast_path)
     settings = settings or CAMSettings()
     specs = model_specs(models, random_weights=random_weights)
     imgs = image_set(images, labels, num_images=num_images, seed=settings.seed)
