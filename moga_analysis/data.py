@@ -32,6 +32,8 @@ __all__ = [
     "iter_batches",
     "ImageSet",
     "image_set",
+    "IMAGE_SOURCES",
+    "imagenet_samples",
     "load_model",
 ]
 
@@ -42,6 +44,79 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 
 #: ImageNet-1k labels of the shipped photos where one is clearly right (None: no true class)
 SAMPLE_LABELS = {"chelsea": 285, "coffee": 967, "rocket": None, "astronaut": None}
+
+#: image sources every tool knows by name (``--images NAME``, ``image_set(NAME)``)
+IMAGE_SOURCES = ("imagenet-samples",)
+#: the ground truth of the ILSVRC2012 validation images shipped in shapiq (a fact table; its header
+#: names the public copies of the validation labels each entry was cross-checked against)
+SHAPIQ_VAL_LABELS = ASSETS / "imagenet" / "shapiq_val_labels.tsv"
+
+
+class SamplesNotInstalled(RuntimeError):
+    """The optional package that holds a named image source is not installed."""
+
+
+def _shapiq_examples_dir() -> Path:
+    """The folder of ILSVRC2012 validation images in the installed ``shapiq_games`` package
+    (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("shapiq_games")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        folder = Path(root) / "benchmark" / "imagenet_examples"
+        if folder.is_dir():
+            return folder
+    raise SamplesNotInstalled(
+        "the imagenet-samples are the ILSVRC2012 validation images that ship with shapiq, which is not "
+        "installed here (or holds no shapiq_games/benchmark/imagenet_examples): pip install moga_analysis[samples]"
+    )
+
+
+def imagenet_samples() -> Tuple[List[Path], List[int]]:
+    """``(paths, labels)``: the ILSVRC2012 validation images shipped in the installed shapiq package
+    (``shapiq_games/benchmark/imagenet_examples``, read from there) with their ground-truth classes
+    as timm's ImageNet-1k indices (sorted-synset order), sorted by file name.
+
+    The classes come from the fact table ``assets/imagenet/shapiq_val_labels.tsv`` (every entry
+    cross-checked against independent public copies of the validation labels, named in its
+    header); an image found in the package but not in the table is left out with a warning, never
+    guessed.  Without shapiq: :class:`SamplesNotInstalled` (``pip install moga_analysis[samples]``).
+    """
+    folder = _shapiq_examples_dir()
+    table = {}
+    for line in SHAPIQ_VAL_LABELS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _synset, index, _sources = line.split("\t")
+            table[name] = int(index)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith("ILSVRC2012_val_"))
+    unknown = [p.name for p in files if p.name not in table]
+    if unknown:
+        log.warning("imagenet-samples: no cross-checked label for %d image(s), left out: %s", len(unknown), unknown)
+    kept = [p for p in files if p.name in table]
+    if not kept:
+        raise SamplesNotInstalled(
+            f"no labelled ILSVRC2012 validation images in {folder}: pip install moga_analysis[samples]"
+        )
+    return kept, [table[p.name] for p in kept]
+
+
+def _named_source(name: str) -> Tuple[List[Path], List[int]]:
+    """``(paths, labels)`` of a named image source, or an error naming the known sources."""
+    if name == "imagenet-samples":
+        return imagenet_samples()
+    raise FileNotFoundError(
+        f"{name!r} is neither an image folder nor a named image source (known: {', '.join(IMAGE_SOURCES)})"
+    )
+
+
+def _is_source_name(images: Any) -> bool:
+    """A string that names an image source: a known name, or a bare word that is no existing path."""
+    if not isinstance(images, str):
+        return False
+    if images in IMAGE_SOURCES:
+        return True
+    return not Path(images).exists() and os.sep not in images and "/" not in images and not Path(images).suffix
 
 
 def sample_image_paths() -> List[Path]:
@@ -175,7 +250,9 @@ def image_set(
     """An :class:`ImageSet` from what a user passes, with the one subset rule (:func:`choose_subset`).
 
     ``images``: None (the photos shipped with the package, with their ImageNet labels where one is
-    clearly right), a folder (ImageNet synset folders, or a flat folder with ``labels_file``, else
+    clearly right), the name of an image source (:data:`IMAGE_SOURCES`: ``"imagenet-samples"``, the
+    ILSVRC2012 validation images in the installed shapiq package with their ground truth,
+    :func:`imagenet_samples`), a folder (ImageNet synset folders, or a flat folder with ``labels_file``, else
     unlabelled; ``labels_format``: how ``labels_file`` is read, see :func:`moga_analysis.labels.read_labels`),
     a list of image files, a preprocessed tensor ``[N, C, H, W]``, a dataset with
     ``files`` and ``labels`` (:class:`LabeledImageFolder`) or an :class:`ImageSet`.  ``labels``: one
@@ -193,6 +270,11 @@ def image_set(
         paths = sample_image_paths()
         names = [str(p) for p in paths]
         found = [-1 if SAMPLE_LABELS.get(p.stem) is None else int(SAMPLE_LABELS[p.stem]) for p in paths]
+    elif _is_source_name(images):
+        if labels_file is not None:
+            raise ValueError(f"the image source {images!r} comes with its labels; drop the labels file")
+        paths, found = _named_source(images)
+        names = [str(p) for p in paths]
     elif isinstance(images, torch.Tensor):
         tensors = images if images.dim() == 4 else images[None]
         names = [f"tensor[{i}]" for i in range(tensors.shape[0])]
