@@ -226,7 +226,7 @@ def test_cli_run_downloads_records_the_file_and_reruns_from_the_cache(server, mo
     filename = hub.weights_filename(_url("moganet_xtiny"))
     server.files[filename] = body = _pth({"state_dict": xtiny_sd})
     monkeypatch.setenv(hub.MIRROR_ENV, server.url)
-    argv = ["--model", "moganet_xt", "--images", str(PHOTOS), "--num-images", "1", "--size", "64",
+    argv = ["--model", "moganet_xt", "--images", str(PHOTOS), "--num-images", "1", "--image-size", "64",
             "--no-figures", "--no-progress", "-q"]
     assert erf.main(argv + ["--out", str(tmp_path / "a")]) == 0
     import hashlib
@@ -290,7 +290,7 @@ def test_cli_exits_2_with_one_error_line_and_computes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "moga_analysis.erf", "--model", "moganet_xt", "--images", str(PHOTOS),
-         "--num-images", "1", "--size", "64", "--out", str(out)],
+         "--num-images", "1", "--image-size", "64", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
@@ -388,7 +388,7 @@ def test_download_tool_and_weights_dir_round_trip(server, monkeypatch, tmp_path,
     server.files[filename] = body = _pth({"state_dict": xtiny_sd})
     monkeypatch.setenv(hub.MIRROR_ENV, server.url)
     folder = tmp_path / "dl"
-    assert weights_main(["download", "moganet_xt", "--dir", str(folder)]) == 0
+    assert weights_main(["download", "moganet_xt", "--weights-dir", str(folder), "--no-progress"]) == 0
     import hashlib
 
     sha = hashlib.sha256(body).hexdigest()
@@ -396,7 +396,7 @@ def test_download_tool_and_weights_dir_round_trip(server, monkeypatch, tmp_path,
     assert "moganet_xtiny.in1k" in printed and sha in printed and f"{len(body) / 2**20:.1f}" in printed
     assert sorted(p.name for p in folder.iterdir()) == [filename, filename + ".sha256"]
     assert (folder / filename).read_bytes() == body
-    assert not _cache().exists()  # the tool wrote into --dir only
+    assert not _cache().exists()  # the tool wrote into --weights-dir only
 
     server.stop()  # the offline machine: no server, empty hub cache
     monkeypatch.setenv(hub.MIRROR_ENV, _closed_port_url())
@@ -409,7 +409,7 @@ def test_download_tool_and_weights_dir_round_trip(server, monkeypatch, tmp_path,
     monkeypatch.delenv(hub.WEIGHTS_DIR_ENV)
     with pytest.raises(CheckpointError):
         load_model("moganet_xt", device="cpu")  # without the folder: not found
-    argv = ["--model", "moganet_xt", "--images", str(PHOTOS), "--num-images", "1", "--size", "64", "--no-figures",
+    argv = ["--model", "moganet_xt", "--images", str(PHOTOS), "--num-images", "1", "--image-size", "64", "--no-figures",
             "--no-progress", "-q", "--out", str(tmp_path / "erf"), "--weights-dir", str(folder)]
     assert erf.main(argv) == 0
     assert json.loads((tmp_path / "erf" / "run.json").read_text())["weights"]["moganet_xt"]["sha256"] == sha

@@ -1,4 +1,10 @@
-"""``python -m moga_analysis.erf``: effective receptive fields side by side, with area ratios."""
+"""``moga-analysis erf`` (``python -m moga_analysis.erf``): effective receptive fields side by
+side, with area ratios.
+
+The parser only parses (flags: :mod:`moga_analysis.cli`); :func:`settings_from_args` makes the
+:class:`~moga_analysis.erf.pipeline.ERFSettings` and :func:`main` calls
+:func:`~moga_analysis.erf.pipeline.compute_erfs` with plain arguments.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import Optional, Sequence
 
 from .erf import DEFAULT_THRESHOLDS
 
-__all__ = ["build_parser", "main", "RESUMES"]
+__all__ = ["build_parser", "settings_from_args", "main", "RESUMES"]
 
 log = logging.getLogger(__name__)
 
@@ -20,30 +26,43 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cli import add_image_args, add_model_args, add_run_args
 
     p = argparse.ArgumentParser(
-        prog="python -m moga_analysis.erf",
+        prog="moga-analysis erf",
         description="Effective receptive fields (RepLKNet protocol) side by side, with area ratios.",
         allow_abbrev=False,
     )
     add_model_args(p)
     add_image_args(p, default_num=50)
     g = p.add_argument_group("erf")
-    g.add_argument("--layer", default=None, help="feature layer of --model (default: last stage; stage1..4 on MogaNet)")
-    g.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
-    add_run_args(p, "erf", image_size=1024, image_size_help="input size (RepLKNet: 1024)")
+    g.add_argument("--layer", default=None, metavar="NAME",
+                   help="feature layer of --model whose centre is traced back (default: the last stage; stage1..4 "
+                   "on MogaNet)")
+    default = " ".join(str(t) for t in DEFAULT_THRESHOLDS)
+    g.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
+                   help="thresholds t in (0, 1) of the area ratio: the smallest centred square holding more than t of "
+                   f"the (log-scaled) ERF, as a share of the image; space-separated (default {default})")
+    add_run_args(p, "erf", image_size=1024, dtype=False, memory_format=False,
+                 image_size_help="input size (RepLKNet: 1024)", seed_help="seeds the image subset")
     return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`~moga_analysis.erf.pipeline.ERFSettings` of parsed arguments."""
+    from .pipeline import ERFSettings
+
+    return ERFSettings(image_size=args.image_size, layers={args.model: args.layer} if args.layer else {},
+                       thresholds=tuple(args.thresholds), seed=args.seed)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import figure_out, images_from_args, setup_from_args, specs_from_args
-    from .pipeline import ERFSettings, compute_erfs
+    from . import pipeline
     from .plot import plot_erf
 
     args = build_parser().parse_args(argv)
     setup_from_args(args)
-    settings = ERFSettings(image_size=args.image_size, layers={args.model: args.layer} if args.layer else {},
-                           thresholds=tuple(args.thresholds), seed=args.seed)
-    stack = compute_erfs(specs_from_args(args), images_from_args(args), settings, out=args.out, resume=args.resume,
-                         device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    stack = pipeline.compute_erfs(specs_from_args(args), images_from_args(args), settings_from_args(args),
+                                  out=args.out, resume=args.resume, device=args.device, batch_size=args.batch_size,
+                                  progress=not args.no_progress)
     if not args.no_figures:
         fig, _ = plot_erf(stack)
         figure_out(fig, f"{args.out}/erf")

@@ -2,13 +2,13 @@
 
 On a connected machine::
 
-    python -m moga_analysis.weights download --dir DIR          # the six variants' ImageNet-1k weights
-    python -m moga_analysis.weights download moganet_s moganet_t.in1k_256 --dir DIR
+    moga-analysis weights download --weights-dir DIR          # the six variants' ImageNet-1k weights
+    moga-analysis weights download moganet_s moganet_t.in1k_256 --weights-dir DIR
 
 prints each file's size and SHA-256 (the same downloader as every tool: a verified temporary file,
 renamed into place).  Copy ``DIR`` to the offline machine and pass ``--weights-dir DIR`` to any tool
 (or set ``MOGA_WEIGHTS_DIR=DIR``, or ``load_model(name, weights_dir=DIR)``): files are found by
-name (the URL's basename), before the torch hub cache.  ``python -m moga_analysis.weights list``
+name (the URL's basename), before the torch hub cache.  ``moga-analysis weights list``
 shows every MogaNet name, its alias, URL, where it is cached and its hash.
 
 Library: :func:`download_weights`, :func:`list_weights`, :func:`official_weights`, and from
