@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-.PHONY: venv test test-all lint demo figures clean
+.PHONY: venv test test-all lint demo figures docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: venv
 
 figures: venv
 	$(PY) experiments/make_figures.py
+
+# the docs site (mkdocs-material + mkdocstrings), warnings as errors, into build/site/
+docs: venv
+	$(PY) -m pip install -q -e '.[docs]'
+	$(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
