@@ -1,54 +1,86 @@
 """Benchmark of the interaction engine; prints a markdown table.
 
-1. Masked-evaluation overhead: ImageMaskingGame(masks) vs plain batched inference on the same
-   number of rows (same model, batch size, device).
+1. Masked-evaluation overhead: the image-masking game on ``k`` masks against plain batched
+   inference of as many rows (same model, batch size, device), interleaved rounds (:mod:`timing`).
 2. Peak memory of CLI runs on 1 and 4 images (it should not grow with the number of images).
-3. Evaluations per pair-sample of the two estimators for the reference protocol (counted), and
-   the ceiling of any design that shares one context among all pairs.
-4. Shared vs independent at equal RMSE of I^(m)(i,j) on a trained network (default: the shipped
-   Fashion-MNIST MogaNet, 64 px, 8 x 8 grid, reference pairs): both estimators draw
-   i.i.d. second differences of the same distribution per pair, so the variance of each estimate
-   is stderr^2 (calibrated in tests/test_interactions.py); the evaluation ratio at equal RMSE is
-   (evals_ind * mean stderr_ind^2) / (evals_sh * mean stderr_sh^2), measured from one run each.
+3. Evaluations per image of the reference protocol with independent contexts
+   (``InteractionSettings.reference()``) and with shared ones (``.efficient()``), counted on a
+   tiny network, and the ceiling of any design that shares one context among all pairs.
+4. Shared against independent at equal RMSE of I^(m)(i,j) on a trained network (default: the
+   shipped Fashion-MNIST MogaNet, 64 px, 8 x 8 grid): both presets draw i.i.d. second differences
+   of the same distribution per pair, so the variance of each estimate is stderr^2; the evaluation
+   ratio at equal RMSE is (evals_ind * mean stderr_ind^2) / (evals_sh * mean stderr_sh^2).
 
-    python experiments/benchmarks/bench_interactions.py \
-        --checkpoint ../shared/reference/moganet_xtiny_seed0.safetensors
+    python experiments/benchmarks/bench_interactions.py --only-overhead --reps 9
+    python experiments/benchmarks/bench_interactions.py --reps 5
+
+:func:`masked_methods` and :func:`time_interactions` are what ``experiments/device_check.py`` times.
+The estimators are reached through the settings presets only (``reference``, ``efficient``,
+``precise``) and :func:`moga_analysis.interactions.image_interactions`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Dict
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def timed(fn, reps):
-    fn()  # warm-up
-    t = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t.append(time.perf_counter() - t0)
-    t.sort()
-    return t[len(t) // 2]
+from timing import ROOT, interleaved, markdown_table, sync  # noqa: E402
+
+PLAIN, MASKED = "plain inference", "masked game"
+
+
+def masked_methods(model: torch.nn.Module, image: torch.Tensor, grid: int, batch_size: int,
+                   batches: int, seed: int = 0) -> Dict[str, Callable[[], Any]]:
+    """``{PLAIN, MASKED}``: ``batches`` batches of ``batch_size`` masked images through the model,
+    and the game on as many random masks (inputs follow the model's memory format)."""
+    from moga_analysis.interactions import ImageMaskingGame
+
+    game = ImageMaskingGame(model, image.contiguous(), grid=grid, batch_size=batch_size)
+    masks = torch.rand(batches * batch_size, grid**2, generator=torch.Generator().manual_seed(seed)) < 0.5
+    x = game.masked_images(masks[:batch_size])
+    p = next(iter(model.parameters()))
+    if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def plain():
+        with torch.inference_mode():
+            for _ in range(batches):
+                model(x)
+
+    return {PLAIN: plain, MASKED: lambda: game(masks)}
+
+
+def time_interactions(model: torch.nn.Module, image: torch.Tensor, settings, *, batch_size: int = 64,
+                      seed: int = 0, target=None) -> Dict[str, Any]:
+    """One image's I^(m)(i,j) under ``settings`` (a preset of ``InteractionSettings``):
+    ``{"wall_s", "evaluations", "result"}``."""
+    from moga_analysis.interactions import image_interactions
+
+    dev = next(iter(model.parameters())).device
+    sync(dev)
+    t = time.perf_counter()
+    res = image_interactions(model, image, settings, target=target, seed=seed, batch_size=batch_size)
+    sync(dev)
+    return {"wall_s": time.perf_counter() - t, "evaluations": int(res.n_evaluations), "result": res}
 
 
 def peak_memory(n_images: int, device: str):
     """(peak RSS, peak CUDA memory) in MB of ``python -m moga_analysis.interactions`` on ``n_images``
-    shipped photos (MogaNet-XT, random weights, 112 px, 14 x 14 grid, 8 pairs, 4 contexts, 13 orders)."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
+    shipped photos (MogaNet-XT, random weights, 112 px, 14 x 14 grid, 4 pairs, the default preset)."""
     with tempfile.TemporaryDirectory() as out:
         argv = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "112", "--grid", "14",
-                "--pairs", "8", "--contexts", "4", "--num-images", str(n_images), "--device", device,
-                "--out", out, "--no-figure", "--no-progress", "-q"]
+                "--pairs", "4", "--num-images", str(n_images), "--device", device,
+                "--out", out, "--no-figures", "--no-progress", "-q"]
         code = (
             "import json, resource, torch\n"
             "from moga_analysis.interactions import main\n"
@@ -56,21 +88,31 @@ def peak_memory(n_images: int, device: str):
             "cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0\n"
             "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, cuda]))\n"
         )
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     rss, cuda = json.loads(done.stdout.strip().splitlines()[-1])
     return rss, cuda
 
 
-def main(argv=None):
-    import moga_analysis  # noqa: F401
-    from moga_analysis.data import load_images, load_model, sample_image_paths, shipped_examples
-    from moga_analysis.games import ImageMaskingGame
-    from moga_analysis.interactions import REFERENCE_RATIOS, estimate_interactions, orders_from_ratios, reference_pairs
-    from moga_analysis.runtime import environment_info, resolve_device, tune_malloc
+def counted_evaluations(grid: int = 14, pairs: int = 50, contexts: int = 50) -> Dict[str, int]:
+    """Evaluations per image of ``reference()`` and ``efficient()`` (a tiny network: only the count matters)."""
+    from moga_analysis.interactions import InteractionSettings
 
-    p = argparse.ArgumentParser()
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10)).eval()
+    image = torch.randn(3, 2 * grid, 2 * grid)
+    presets = {"independent": InteractionSettings.reference, "shared": InteractionSettings.efficient}
+    return {k: time_interactions(net, image, f(contexts=contexts, grid=grid, pairs=pairs), batch_size=4096,
+                                 target=0)["evaluations"] for k, f in presets.items()}
+
+
+def main(argv=None):
+    from moga_analysis.data import load_images, sample_image_paths, shipped_examples
+    from moga_analysis.interactions import InteractionSettings, reference_pairs
+    from moga_analysis.models.loading import load_model
+    from moga_analysis.runtime import environment_info, fast_path, prepare_model, resolve_device
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="moganet_xtiny")
-    reference = Path(__file__).resolve().parents[3] / "shared" / "reference"
+    reference = ROOT.parent / "shared" / "reference"
     p.add_argument("--checkpoint", default=str(reference / "moganet_xtiny_seed0.safetensors"))
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, default=224, help="input size for the overhead measurement")
@@ -87,100 +129,59 @@ def main(argv=None):
     p.add_argument("--memory-images", type=int, nargs="*", default=[1, 4],
                    help="peak memory of CLI runs on this many shipped photos each (none: skip)")
     args = p.parse_args(argv)
-    tune_malloc()
+    fast_path()
     dev = resolve_device(args.device)
-    model = load_model(args.model, checkpoint=args.checkpoint, device=dev)
-    rows = [("setting", "value")]
+    checkpoint = args.checkpoint if Path(args.checkpoint).exists() else None
+    model = prepare_model(load_model(args.model, checkpoint, dev, pretrained=False if checkpoint is None else None))
+    rows = []
     img, _, _ = load_images(sample_image_paths()[:1], model, size=args.size)
-    image = img[0]
     k = args.batch_size * args.batches
-    masks = torch.rand(k, 196, generator=torch.Generator().manual_seed(0)) < 0.5
-    game = ImageMaskingGame(model, image, grid=14, batch_size=args.batch_size)
-    x = image.to(dev)[None].expand(args.batch_size, -1, -1, -1).contiguous()
-
-    def plain():
-        with torch.inference_mode():
-            for _ in range(args.batches):
-                model(x).float().sum()
-
-    # interleaved repetitions (plain, game, plain, game, ...): load changes hit both alike
-    plain()
-    game(masks)
-    tp, tg = [], []
-    for _ in range(args.reps):
-        tp.append(timed(plain, 1))
-        tg.append(timed(lambda: game(masks), 1))
-    t_plain, t_game = sorted(tp)[len(tp) // 2], sorted(tg)[len(tg) // 2]
+    t = interleaved(masked_methods(model, img[0].to(dev), 14, args.batch_size, args.batches), args.reps, device=dev)
     rows += [
-        (f"plain inference, {k} rows @ {args.size}px (s)", f"{t_plain:.3f}  ({k / t_plain:.1f} img/s)"),
-        (f"masked game, {k} rows @ {args.size}px (s)", f"{t_game:.3f}  ({k / t_game:.1f} img/s)"),
-        ("masked / plain time", f"{t_game / t_plain:.3f}"),
+        [f"plain inference, {k} rows @ {args.size}px (s)", f"{t.median(PLAIN):.3f}  ({k / t.median(PLAIN):.1f} img/s)"],
+        [f"masked game, {k} rows @ {args.size}px (s)", f"{t.median(MASKED):.3f}  ({k / t.median(MASKED):.1f} img/s)"],
+        ["masked / plain time (median per round)", f"{t.ratio(MASKED, PLAIN):.3f}"],
     ]
-
-    if args.only_overhead:
-        return _print(rows, args, dev, environment_info)
-    # 2. peak memory against the number of images
-    for n_img in args.memory_images:
-        rss, cuda = peak_memory(n_img, args.device)
-        rows.append((f"peak memory of a CLI run on {n_img} image(s): RSS / CUDA (MB)", f"{rss:.0f} / {cuda:.0f}"))
-    # 3. counted evaluations, reference protocol (50 pairs, 50 contexts, 13 ratios), no network
-    n = 196
-    orders = orders_from_ratios(REFERENCE_RATIOS, n)
-    pairs = reference_pairs(14, 50, generator=torch.Generator().manual_seed(0))
-    zero = lambda m: torch.zeros(m.shape[0], dtype=torch.float64)
-    ev = {
-        m: estimate_interactions(zero, n, pairs, orders, 50, method=m, seed=0).n_evaluations
-        for m in ("independent", "shared")
-    }
-    # a context shared by all P pairs costs at least 1 + U + P rows (U distinct players) for P
-    # samples, against 4 rows per sample with independent contexts
-    U = len(torch.unique(pairs))
-    P = len(pairs)
-    rows += [
-        ("evaluations / image, independent (reference protocol)", f"{ev['independent']}"),
-        ("evaluations / image, shared", f"{ev['shared']}"),
-        ("independent / shared evaluations (same samples per pair)", f"{ev['independent'] / ev['shared']:.2f}"),
-        (f"ceiling of sharing one context: 4P/(1+U+P), P={P} pairs, U={U} players", f"{4 * P / (1 + U + P):.2f}"),
-    ]
-
-    # 4. equal RMSE on a trained network (default: the shipped Fashion-MNIST MogaNet at 64 px)
-    rmse_model = load_model(args.rmse_model, device=dev) if args.rmse_model else model
-    items = shipped_examples(rmse_model, args.rmse_images)
-    nr = args.rmse_grid**2
-    orders_r = orders_from_ratios(REFERENCE_RATIOS, nr)
-    evals = {"independent": 0, "shared": 0}
-    var = {"independent": [], "shared": []}
-    secs = {"independent": 0.0, "shared": 0.0}
-    for k, (image, label) in enumerate(items):
-        game = ImageMaskingGame(rmse_model, image, target=label, grid=args.rmse_grid, batch_size=args.batch_size)
-        pairs = reference_pairs(args.rmse_grid, args.rmse_pairs, generator=torch.Generator().manual_seed(1 + k))
-        for m in ("independent", "shared"):
-            t0 = time.perf_counter()
-            r = estimate_interactions(game, nr, pairs, orders_r, args.rmse_contexts, method=m, seed=1 + k)
-            secs[m] += time.perf_counter() - t0
-            evals[m] += r.n_evaluations
-            var[m].append(r.stderr[1:-1] ** 2)
-    vi = torch.stack(var["independent"]).mean()
-    vs = torch.stack(var["shared"]).mean()
-    ratio = (evals["independent"] * vi) / (evals["shared"] * vs)
-    tag = f"{args.rmse_model or args.model} @ grid {args.rmse_grid}, {len(items)} img x {args.rmse_pairs} pairs"
-    rows += [
-        (f"{tag}: independent evals / time (s)", f"{evals['independent']} / {secs['independent']:.1f}"),
-        (f"{tag}: shared evals / time (s)", f"{evals['shared']} / {secs['shared']:.1f}"),
-        ("mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"),
-        ("evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"),
-    ]
-    return _print(rows, args, dev, environment_info)
-
-
-def _print(rows, args, dev, environment_info):
+    if not args.only_overhead:
+        for n_img in args.memory_images:  # 2. peak memory against the number of images
+            rss, cuda = peak_memory(n_img, args.device)
+            rows.append([f"peak memory of a CLI run on {n_img} image(s): RSS / CUDA (MB)", f"{rss:.0f} / {cuda:.0f}"])
+        ev = counted_evaluations()  # 3. the reference protocol, counted
+        pairs = reference_pairs(14, 50, generator=torch.Generator().manual_seed(0))
+        U, P = len(torch.unique(pairs)), len(pairs)
+        rows += [
+            ["evaluations / image, independent (reference protocol)", f"{ev['independent']}"],
+            ["evaluations / image, shared (efficient preset)", f"{ev['shared']}"],
+            ["independent / shared evaluations (same samples per pair)", f"{ev['independent'] / ev['shared']:.2f}"],
+            [f"ceiling of sharing one context: 4P/(1+U+P), P={P} pairs, U={U} players",
+             f"{4 * P / (1 + U + P):.2f}"],
+        ]
+        # 4. equal RMSE on a trained network
+        rmse_model = prepare_model(load_model(args.rmse_model, device=dev)) if args.rmse_model else model
+        items = shipped_examples(rmse_model, args.rmse_images)
+        kw = dict(contexts=args.rmse_contexts, grid=args.rmse_grid, pairs=args.rmse_pairs)
+        presets = {"independent": InteractionSettings.reference(**kw), "shared": InteractionSettings.efficient(**kw)}
+        evals, secs, var = {m: 0 for m in presets}, {m: 0.0 for m in presets}, {m: [] for m in presets}
+        for i, (image, label) in enumerate(items):
+            for m, settings in presets.items():
+                r = time_interactions(rmse_model, image.to(dev), settings, batch_size=args.batch_size, seed=1 + i,
+                                      target=label)
+                evals[m] += r["evaluations"]
+                secs[m] += r["wall_s"]
+                var[m].append(r["result"].stderr[1:-1] ** 2)
+        vi, vs = torch.stack(var["independent"]).mean(), torch.stack(var["shared"]).mean()
+        ratio = (evals["independent"] * vi) / (evals["shared"] * vs)
+        tag = f"{args.rmse_model or args.model} @ grid {args.rmse_grid}, {len(items)} img x {args.rmse_pairs} pairs"
+        rows += [
+            [f"{tag}: independent evals / time (s)", f"{evals['independent']} / {secs['independent']:.1f}"],
+            [f"{tag}: shared evals / time (s)", f"{evals['shared']} / {secs['shared']:.1f}"],
+            ["mean stderr^2 independent / shared", f"{float(vi):.4g} / {float(vs):.4g}"],
+            ["evaluations ratio at equal RMSE (independent / shared)", f"{float(ratio):.2f}"],
+        ]
     info = environment_info(dev)
-    print(f"model {args.model} ({args.checkpoint}), device {dev}, threads {info['threads']}, torch {info['torch']}")
-    w = max(len(a) for a, _ in rows)
-    print(f"| {'setting'.ljust(w)} | value |")
-    print(f"|{'-' * (w + 2)}|-------|")
-    for a, b in rows[1:]:
-        print(f"| {a.ljust(w)} | {b} |")
+    print(f"model {args.model} ({checkpoint or 'random weights'}), device {dev}, threads {info['threads']}, "
+          f"torch {info['torch']}, {t.rounds} interleaved rounds, allocator {info['allocator']}")
+    print(markdown_table(["setting", "value"], rows))
 
 
 if __name__ == "__main__":
