@@ -3,6 +3,7 @@
 * ``cli.md``: the command-line reference, the ``format_help()`` of each tool's ``build_parser()``
   (and of its sub-commands), never copied by hand;
 * ``changelog.md``: ``CHANGELOG.md`` from the repository root (the one place history is kept);
+* in the API pages, Sphinx roles such as ``:func:`` are dropped before their code spans;
 * ``results/*.png``: the committed figures of ``experiments/figures/``, so pages show them without a copy.
 
 The package's docstrings are written for ``help()`` (reST-style roles, indexing like ``x["a"]["b"]``),
@@ -17,28 +18,37 @@ import argparse
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
+from typing import Optional
 
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (tool, module holding build_parser, how it is run)
+# (tool, module holding build_parser, what it does): the fallback when the package has no tool table
 TOOLS = [
-    ("interactions", "moga_analysis.interactions", "multi-order interactions, J^(m) curves and interaction maps"),
-    ("gradcam", "moga_analysis.gradcam", "Grad-CAM maps and faithfulness metrics"),
-    ("erf", "moga_analysis.erf", "effective receptive fields"),
-    ("ablation", "moga_analysis.ablation", "gate ablations of a trained MogaNet"),
+    ("interactions", "moga_analysis.interactions.cli", "multi-order interactions, J^(m) curves and interaction maps"),
+    ("gradcam", "moga_analysis.gradcam.cli", "Grad-CAM maps and faithfulness metrics"),
+    ("erf", "moga_analysis.erf.cli", "effective receptive fields"),
+    ("ablation", "moga_analysis.ablation.cli", "gate ablations of a trained MogaNet"),
     ("weights", "moga_analysis.weights.__main__", "official MogaNet weights for offline machines"),
 ]
 
 
-def _parser(module: str) -> argparse.ArgumentParser:
-    mod = importlib.import_module(module)
-    build = getattr(mod, "build_parser", None)
-    if build is None:  # a package whose parser lives in its cli module
-        build = importlib.import_module(f"{module}.cli").build_parser
-    return build()
+def _tools():
+    """``(tool, module, what)`` from the package's own table (``moga_analysis.__main__.TOOLS``) when
+    it has one, and the usage text of the ``moga-analysis`` command."""
+    try:
+        entry = importlib.import_module("moga_analysis.__main__")
+    except ImportError:
+        return TOOLS, None
+    return [(name, module, what) for name, (module, what) in entry.TOOLS.items()], entry.usage()
+
+
+def _parser(module: str) -> Optional[argparse.ArgumentParser]:
+    build = getattr(importlib.import_module(module), "build_parser", None)
+    return None if build is None else build()
 
 
 def _subparsers(parser: argparse.ArgumentParser):
@@ -49,29 +59,25 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 def cli_markdown() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it for a stable page
+    tools, usage = _tools()
     out = [
         "# Command-line reference",
         "",
-        "Every tool is a thin face of a library pipeline (see the pages of each analysis). Each runs as",
-        "`python -m moga_analysis.<tool>`. The help below is rendered from the tools' own argument",
-        "parsers (`build_parser()`) each time the site is built, so it is the help the installed",
-        "version prints.",
+        "Every tool is a thin face of a library pipeline (see the page of each analysis). The help",
+        "below is rendered from the tools' own argument parsers (`build_parser()`) each time the site",
+        "is built, so it is the help the installed version prints.",
         "",
     ]
-    for tool, module, what in TOOLS:
+    if usage:
+        out += ["```text", usage.rstrip(), "```", ""]
+    for tool, module, what in tools:
         parser = _parser(module)
-        out += [f"## {tool}", "", f"{what.capitalize()}.", "", "```text", parser.format_help().rstrip(), "```", ""]
+        if parser is None:
+            continue
+        out += [f"## {tool}", "", f"{what[0].upper()}{what[1:]}.", "", "```text", parser.format_help().rstrip(), "```", ""]
         for name, sub in _subparsers(parser):
             out += [f"### {tool} {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
     return "\n".join(out)
-
-
-SHAPIQ_STUB = """# shapiq interoperability
-
-`moga_analysis.interactions.interop` converts between this toolkit's masking games and
-[shapiq](https://github.com/mmschlk/shapiq) games (`to_shapiq_game`, `from_shapiq_game`), so that
-shapiq's approximators and this toolkit's estimators can be run on the same game.
-"""
 
 
 class _DocstringRefs(logging.Filter):
@@ -97,3 +103,11 @@ def on_files(files, config, **kwargs):
     for png in sorted((ROOT / "experiments" / "figures").glob("*.png")):
         files.append(File.generated(config, f"results/{png.name}", abs_src_path=str(png)))
     return files
+
+
+_ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc|obj):(?=<code)")
+
+
+def on_page_content(html, page, config, files):
+    """Docstrings use Sphinx roles (``:func:`x```); in the API pages show them as plain code."""
+    return _ROLE.sub("", html) if page.file.src_uri.startswith("api/") else html
