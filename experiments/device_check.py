@@ -3,22 +3,19 @@
     python experiments/device_check.py --out runs/device_check            # one CUDA GPU, <= 8 minutes
     python experiments/device_check.py --out /tmp/device_check --quick    # tiny sizes, CPU, < 1 minute
 
-Writes ``OUT/report.md`` and ``OUT/report.json`` (rewritten after every section) beside the files of
-``pytest -m gpu tests/test_gpu.py`` (``gpu_tests.xml``, ``gpu_tests.log``, ``gpu_record.json``); exits
-non-zero when a section failed, a gpu test failed or a row could not be measured.  The benchmarks
-are the functions of ``experiments/benchmarks`` timed by its :mod:`timing` (interleaved rounds,
-CUDA synchronised, ratios = medians of the ratio within a round), plus ``torch.compile`` against
-eager forward passes (CUDA only) and one image's I^(m) through the presets
-``InteractionSettings.reference()``, ``.efficient()`` and ``.precise(tau)`` (tau: the efficient
-run's worst noise ratio; a preset that does not fit in the time left runs on fewer pairs and is
-extrapolated).  Random weights (perturbed), the shipped photos, channels_last, TF32 off.
-``--quick``: MogaNet-XT at 32 px, a 2 x 2 grid, 2 pairs, 2 contexts; no goal is judged.
+Writes ``OUT/report.md`` and ``OUT/report.json`` (tracebacks included; rewritten after every section)
+beside the files of ``pytest -m gpu tests/test_gpu.py`` (``gpu_tests.xml``, ``.log``, ``gpu_record.json``);
+exits non-zero when a section failed, a gpu test failed or a row could not be measured.  It times the
+functions of ``experiments/benchmarks`` with its :mod:`timing`, ``torch.compile`` against eager forward
+passes (CUDA only), and one image's I^(m) through ``InteractionSettings.reference()``, ``.efficient()``
+and ``.precise(tau)`` (tau: the efficient run's worst noise ratio; a preset that does not fit in the
+time left runs on fewer pairs, extrapolated).  Random weights (perturbed), the shipped photos,
+channels_last, TF32 off.  ``--quick``: MogaNet-XT at 32 px, a 2 x 2 grid, 2 pairs, 2 contexts.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -84,9 +81,7 @@ class Check:
                              unit="", baseline=None, baseline_unit="", ratio=None, peak_mb=None, note="")
                      for k, s, b, r, g in ROWS}
         self.sections, self.environment, self.gpu_tests, self.gpu_record = {}, {}, {}, {}
-        self.rates: Dict[tuple, float] = {}
-        self._models: Dict[str, torch.nn.Module] = {}
-        self._photos: Dict[int, torch.Tensor] = {}
+        self.rates, self._models, self._photos = {}, {}, {}  # (plain | game, dtype) -> images/s; caches
 
     def log(self, msg: str) -> None:
         print(f"[{datetime.datetime.now():%H:%M:%S} +{time.perf_counter() - self.t0:6.1f}s] {msg}", flush=True)
@@ -104,22 +99,16 @@ class Check:
         else:
             kw = dict(value=factor * n / t.median(a), baseline=n / t.median(b), unit=unit, baseline_unit="img/s",
                       ratio=factor * t.ratio(b, a))
-        self.set(key, peak_mb=t.peak_mb[a], note=f"{note}, {t.rounds} rounds", **kw)
+        self.set(key, peak_mb=t.peak_mb[a], note=f"{note}, {t.rounds} rounds", times=t.times, **kw)
 
     def model(self, dtype: str = "fp32") -> torch.nn.Module:
-        """The benchmark model (perturbed random weights, eval, channels_last) in ``dtype``, cached."""
-        if "fp32" not in self._models:
-            import timm
-
-            import moga_analysis  # noqa: F401  (registers the models)
-            from moga_analysis.models.loading import perturb_weights_
-
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                m = timm.create_model(self.S.model, pretrained=False)
-            self._models["fp32"] = perturb_weights_(m, 0).eval().to(self.device).to(memory_format=torch.channels_last)
+        """The benchmark model (random weights, perturbed so that blocks are not identities; eval,
+        channels_last) in ``dtype``, cached."""
         if dtype not in self._models:
-            self._models[dtype] = copy.deepcopy(self._models["fp32"]).to(DTYPES[dtype])
+            from moga_analysis.models.loading import load_model, perturb_weights_
+
+            m = perturb_weights_(load_model(self.S.model, device="cpu", pretrained=False), 0)  # seeded on the CPU
+            self._models[dtype] = m.to(self.device, DTYPES[dtype]).to(memory_format=torch.channels_last)
         return self._models[dtype]
 
     def photos(self, n: int, size: int) -> torch.Tensor:
@@ -199,15 +188,13 @@ def _output(cmd: List[str]) -> str:
 def section_environment(check: Check, budget: float) -> None:
     from moga_analysis.runtime import environment_info
 
-    env = dict(environment_info(check.device), cuda=torch.version.cuda, cpus=os.cpu_count(),
+    env = dict(environment_info(check.device), cuda=torch.version.cuda, cpus=os.cpu_count(), executable=sys.executable,
                cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
-    env["python"] = f"{env['python']} ({sys.executable})"
     if check.device.type == "cuda":
         p = torch.cuda.get_device_properties(check.device)
         env.update({"gpu": p.name, "gpu memory (GiB)": round(p.total_memory / 2**30, 1), "tf32": "off",
-                    "compute capability": f"{p.major}.{p.minor}"})
-        smi = _output(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"])
-        env.update(zip(("driver", "max SM clock", "power limit"), map(str.strip, smi.split(",") if smi else [])))
+                    "compute capability": f"{p.major}.{p.minor}", "driver": _output(["nvidia-smi",
+                    "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"])})
     head, dirty = _output(["git", "rev-parse", "HEAD"]), _output(["git", "status", "--porcelain", "-uno"])
     env["git commit"] = (head + (" (modified)" if dirty else "")) if head else "unknown (no git checkout)"
     check.environment = env
@@ -215,18 +202,14 @@ def section_environment(check: Check, budget: float) -> None:
 
 def parse_junit(path: Path) -> Dict[str, Any]:
     """Counts and one line per test from a junit XML file written by pytest."""
-    tests = []
+    tests, names = [], {"failure": "failed", "error": "error", "skipped": "skipped"}
     for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
-                message = ((child.get("message") or child.text or "").strip().splitlines() or [""])[0][:400]
-                if outcome != "skipped":
-                    break
-        cls, name = case.get("classname", ""), case.get("name", "?")
-        tests.append({"name": f"{cls.split('.')[-1]}::{name}" if cls else name, "outcome": outcome,
-                      "seconds": round(float(case.get("time") or 0.0), 2), "message": message})
+        bad = [c for c in case if c.tag in names]
+        bad = next((c for c in bad if c.tag != "skipped"), bad[0] if bad else None)  # a failure outranks a skip
+        text = "" if bad is None else (bad.get("message") or bad.text or "").strip()
+        tests.append({"name": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}", "message":
+                      text.split("\n")[0][:400], "outcome": "passed" if bad is None else names[bad.tag],
+                      "seconds": round(float(case.get("time") or 0.0), 2)})
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     return {"total": len(tests), **counts, "tests": tests}
 
@@ -238,8 +221,6 @@ def section_gpu_tests(check: Check, budget: float) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # when run inside xdist
     env.update(MOGA_GPU_RECORD=str(record.resolve()), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    if "MOGA_REFERENCE_DIR" not in env and (REPO / "data" / "reference" / "golden_io.safetensors").exists():
-        env["MOGA_REFERENCE_DIR"] = str(REPO / "data" / "reference")
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={xml.resolve()}", check.tests]
     start, rc = time.perf_counter(), None
@@ -397,9 +378,6 @@ def render(d: Dict[str, Any]) -> str:
     L += ["", "## Sections", "", markdown_table(["section", "status", "s", "budget s", "error"], [
         [n, s["status"], s["seconds"], s["budget_s"], (s["error"] or "").replace("|", "/")]
         for n, s in d["sections"].items()], "llrrl")]
-    for n, s in d["sections"].items():
-        L += ["", f"<details><summary>traceback of {n}</summary>", "", "```", s["traceback"].rstrip(), "```", "",
-              "</details>"] if s.get("traceback") else []
     return "\n".join(L) + "\n"
 
 
@@ -409,11 +387,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, help="folder for report.md, report.json and the gpu tests' files")
     p.add_argument("--quick", action="store_true", help="tiny sizes (MogaNet-XT at 32 px): CPU, under a minute")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--budget-s", type=float, default=None, help="the whole check's time (default 450 s; quick 120 s)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections ({', '.join(SECTIONS)})")
     p.add_argument("--tests", default="tests/test_gpu.py", help=argparse.SUPPRESS)
     p.add_argument("--inject-failure", default="", help=argparse.SUPPRESS)  # comma list: sections that raise
     args = p.parse_args(argv)
     S = argparse.Namespace(**(QUICK if args.quick else FULL))
+    if args.budget_s:  # a rerun of what failed: every part shrinks with the budget
+        scale = min(1.0, args.budget_s / S.budget_s)
+        S.budget_s, S.tests_s, S.section_s = args.budget_s, S.tests_s * scale, S.section_s * scale
     from moga_analysis.runtime import fast_path, resolve_device
 
     fast_path()
@@ -426,7 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     check = Check(S, device, Path(args.out), argv, args.only.split(","), args.inject_failure.split(","), args.tests)
     check.log(f"device check ({S.mode}) on {device}, budget {S.budget_s:.0f} s, out {args.out}")
     for name in SECTIONS:
-        check.run_section(name, {"environment": 30.0, "gpu_tests": S.tests_s,
+        check.run_section(name, {"environment": 30.0, "gpu_tests": S.tests_s, "masked_eval": 2 * S.section_s,
                                  "interactions": check.deadline - time.perf_counter() - 3.0}.get(name, S.section_s))
     problems = check.problems()
     check.log(f"wrote {check.out / 'report.md'}: " + ("".join(f"\n  - {p}" for p in problems) or "all sections ok"))

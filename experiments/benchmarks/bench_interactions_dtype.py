@@ -1,9 +1,10 @@
 """Effect of low-precision forward passes (bf16, fp16) on I^(m)(i,j) and J^(m); prints a table.
 
-The same images, pairs and contexts (same seeds) are evaluated with the model in float32 and in
-each lower dtype, so the differences are purely numerical. Reported per order: J^(m) per dtype,
+The same images, pairs and contexts (same seeds, ``InteractionSettings.efficient()`` through
+:func:`moga_analysis.interactions.image_interactions`) are evaluated with the model in float32 and
+in each lower dtype, so the differences are purely numerical. Reported per order: J^(m) per dtype,
 the mean |I_low - I_fp32| over images and pairs, and the estimator's noise floor at that order
-(sqrt(2/pi) * mean stderr), the scale against which a numerical error matters.
+(``InteractionResult.noise_floor``), the scale against which a numerical error matters.
 
     python experiments/benchmarks/bench_interactions_dtype.py                    # CPU: fp32 vs bf16
     python experiments/benchmarks/bench_interactions_dtype.py --device cuda --dtypes bfloat16 float16
@@ -13,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
 
 
 def main(argv=None):
-    from moga_analysis.data import load_model, shipped_examples
-    from moga_analysis.games import ImageMaskingGame
-    from moga_analysis.interactions import (
-        REFERENCE_RATIOS,
-        estimate_interactions,
-        orders_from_ratios,
-        reference_pairs,
-        relative_strength,
-    )
-    from moga_analysis.runtime import environment_info, resolve_device, resolve_dtype, tune_malloc
+    from moga_analysis.data import shipped_examples
+    from moga_analysis.interactions import InteractionSettings, image_interactions, relative_strength
+    from moga_analysis.models.loading import load_model
+    from moga_analysis.runtime import environment_info, fast_path, prepare_model, resolve_device, resolve_dtype
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="moganet_xtiny.fmnist_64")
@@ -41,18 +35,17 @@ def main(argv=None):
     p.add_argument("--contexts", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
-    tune_malloc()
+    fast_path()
     dev = resolve_device(args.device)
     if dev.type == "cuda":  # fp32 reference without TF32, as the CLI does
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    base = load_model(args.model, device=dev)
+    base = prepare_model(load_model(args.model, device=dev))
     items = shipped_examples(base, args.images)
-    n = args.grid**2
-    orders = orders_from_ratios(REFERENCE_RATIOS, n)
-    values, stderr, secs = {}, {}, {}
+    values, floors, secs = {}, {}, {}
     for name in ["float32", *args.dtypes]:
         model = copy.deepcopy(base).to(resolve_dtype(name))
+        settings = InteractionSettings.efficient(contexts=args.contexts, grid=args.grid, pairs=args.pairs, dtype=name)
         vals, errs, t0 = [], [], time.perf_counter()
         for k, (image, label) in enumerate(items):
             # the target is fixed from fp32 labels (or the fp32 prediction) so every dtype plays one game
@@ -60,16 +53,13 @@ def main(argv=None):
                 with torch.inference_mode():
                     label = int(base(image[None].to(dev)).argmax())
                 items[k] = (image, label)
-            target = label
-            game = ImageMaskingGame(model, image, target=target, grid=args.grid, batch_size=args.batch_size)
-            pairs = reference_pairs(args.grid, args.pairs, generator=torch.Generator().manual_seed(k))
-            r = estimate_interactions(game, n, pairs, orders, args.contexts, method="shared", seed=k)
+            r = image_interactions(model, image.to(dev), settings, target=label, seed=k, batch_size=args.batch_size)
             vals.append(r.values)
-            errs.append(r.stderr)
-        values[name], stderr[name], secs[name] = torch.stack(vals), torch.stack(errs), time.perf_counter() - t0
-    ref = values["float32"]
+            errs.append(r.noise_floor())
+        values[name], floors[name], secs[name] = torch.stack(vals), torch.stack(errs), time.perf_counter() - t0
+    ref, orders, n = values["float32"], r.orders.tolist(), r.n_players
     J = {name: relative_strength(v, orders, n) for name, v in values.items()}
-    floor = math.sqrt(2 / math.pi) * stderr["float32"].mean((0, 2))
+    floor = floors["float32"].mean(0)
     env = environment_info(dev)
     print(f"model {args.model}, device {dev}, {len(items)} images x {args.pairs} pairs x {args.contexts} contexts, "
           f"grid {args.grid}, torch {env['torch']}")

@@ -7,22 +7,25 @@ fast paths (glibc allocator tuning, channels_last).
 copy of its model classes; it is imported from that path at run time and never shipped here.
 Without it only our own variants are timed.  Both models hold the same weights (checked: equal
 logits) and run in eval mode under ``torch.inference_mode`` with the same thread count; the rows
-are interleaved so that machine noise hits both alike.  Medians of ``--repeats`` timings.
+are interleaved so that machine noise hits both alike (:mod:`timing`).  Medians of ``--repeats`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
-import moga_analysis  # noqa: F401
-from moga_analysis.models import ARCH_SETTINGS, MogaNet
-from moga_analysis.runtime import tune_malloc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import interleaved  # noqa: E402
+
+import moga_analysis  # noqa: E402,F401
+from moga_analysis.models import ARCH_SETTINGS, MogaNet  # noqa: E402
+from moga_analysis.runtime import tune_malloc  # noqa: E402
 
 
 def _official_class(path: str):
@@ -43,18 +46,6 @@ def _build_official(cls, variant: str):
         return cls(arch={"xtiny": "x-tiny"}.get(variant, variant))
     except (TypeError, AssertionError):
         return cls(embed_dims=list(s["embed_dims"]), depths=list(s["depths"]), ffn_ratios=list(s["ffn_ratios"]))
-
-
-def _time(fn, x, warmup: int, repeats: int):
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        out = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            out.append(time.perf_counter() - t0)
-    return out
 
 
 def main(argv=None) -> None:
@@ -93,11 +84,10 @@ def main(argv=None) -> None:
             off_cl = _build_official(official, variant).eval().to(memory_format=torch.channels_last)
             off_cl.load_state_dict(ours.state_dict(), strict=True)
             runs["official_cl"] = (off_cl, runs["ours_cl"][1])
-        times = {k: [] for k in runs}
-        for _ in range(args.repeats):  # interleave: noise hits every row alike
-            for k, (m, inp) in runs.items():
-                times[k] += _time(m, inp, args.warmup if not times[k] else 0, 1)
-        ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
+        with torch.inference_mode():
+            t = interleaved({k: (lambda m=m, inp=inp: m(inp)) for k, (m, inp) in runs.items()}, args.repeats,
+                            warmup=args.warmup)
+        ips = {k: args.batch_size / t.median(k) for k in runs}
         def cell(key):
             return f"{ips[key]:.1f}" if key in ips else "n/a"
 
