@@ -2,27 +2,38 @@
 
 * :mod:`.games`: value functions (the image-masking game, synthetic games with closed forms);
 * :mod:`.design`: orders and pairs (the reference protocol's grid and pair rule);
-* :mod:`.estimators`: exact and sampled I^(m)(i,j) (:class:`InteractionResult`);
+* :mod:`.sampling`: contexts and the rows they need, shared by every estimator;
+* :mod:`.estimators`: the estimators (:class:`FixedContexts`, :class:`PrecisionTarget`, exact
+  enumeration) and their :class:`InteractionResult`; :mod:`.precision`: the precision target's method;
 * :mod:`.strength`: J^(m), bootstrap bands, paired band differences;
 * :mod:`.maps`: per-cell maps of I^(m) by band of orders (:mod:`.map_plot` draws them);
-* :mod:`.pipeline`: settings and the computation over models x images that the CLI, the
-  notebooks and the figures share; :mod:`.plot`: figures from saved results;
+* :mod:`.pipeline`: settings, the plan and the computation over models x images that the CLI,
+  the notebooks and the figures share; :mod:`.plot`: figures from saved results;
 * ``python -m moga_analysis.interactions``: the command line (:mod:`.cli`).
 """
 
 from ..tools import entry_points
-from .adaptive import estimate_adaptive
 from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence, reference_pairs
-from .estimators import InteractionResult, estimate_interactions, exact_interactions
+from .estimators import (
+    Estimator,
+    FixedContexts,
+    InteractionResult,
+    PrecisionTarget,
+    estimate_interactions,
+    exact_interactions,
+)
 from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
-from .maps import InteractionMaps, MapDifference, interaction_maps, map_difference, maps_from_result
+from .maps import InteractionMaps, MapDifference, map_difference, maps_from_result
 from .pipeline import (
+    InteractionPlan,
     InteractionSettings,
     InteractionStack,
     ModelInteractions,
     compute_interactions,
     image_interactions,
+    plan_interactions,
 )
+from .sampling import noise_floor
 from .strength import (
     ORDER_BANDS,
     bootstrap_relative_strength,
@@ -32,33 +43,37 @@ from .strength import (
 )
 
 __all__ = [
-    "build_parser",
     "BASELINES",
+    "Estimator",
+    "FixedContexts",
     "HarsanyiGame",
     "ImageMaskingGame",
     "InteractionMaps",
+    "InteractionPlan",
     "InteractionResult",
     "InteractionSettings",
     "InteractionStack",
-    "ModelInteractions",
-    "compute_interactions",
-    "image_interactions",
     "MapDifference",
+    "ModelInteractions",
     "ORDER_BANDS",
     "OUTPUTS",
+    "PrecisionTarget",
     "REFERENCE_RATIOS",
     "bootstrap_relative_strength",
-    "estimate_adaptive",
+    "build_parser",
+    "compute_interactions",
     "estimate_interactions",
     "exact_interactions",
-    "interaction_maps",
+    "image_interactions",
     "main",
     "map_difference",
     "map_pairs",
     "maps_from_result",
+    "noise_floor",
     "orders_from_ratios",
     "pair_incidence",
     "paired_band_difference",
+    "plan_interactions",
     "reference_pairs",
     "relative_strength",
     "strength_per_image",

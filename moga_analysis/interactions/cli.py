@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 from typing import Iterator, Optional, Sequence
@@ -35,78 +36,72 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("interactions")
     g.add_argument(
         "--protocol",
-        choices=["reference", "efficient", "precise"],
+        choices=["reference", "efficient", "precise", "maps"],
         default="reference",
-        help="reference: independent contexts per pair (the public code); efficient: shared contexts; "
-        "precise: shared contexts allocated to reach --target-noise (default 0.1)",
+        help="reference: 50 independent contexts per pair and order (the public code's protocol); efficient: "
+        "the same samples with contexts shared between pairs; precise: as many shared contexts as it takes to "
+        "reach --target-noise (default 0.1) at every order; maps: per-cell maps of I^(m) by band of orders "
+        "(every cell with its right and lower neighbours; grid 8, 16 contexts) beside Grad-CAM",
     )
-    g.add_argument("--method", choices=["shared", "independent"], default=None,
-                   help="override the protocol's estimator")
-    g.add_argument("--maps", action="store_true",
-                   help="per-cell maps of I^(m) by band of orders (every cell with its right and lower "
-                   "neighbours; default grid 8, 16 contexts) and their figure beside Grad-CAM")
-    g.add_argument("--map-radius", type=int, default=1, help="with --maps: neighbours within this distance")
-    g.add_argument("--map-neighbourhood", choices=["right_down", "chebyshev"], default="right_down",
-                   help="with --maps: right and lower neighbours, or every cell within the radius")
-    g.add_argument("--grid", type=int, default=None, help="players = grid x grid cells (default 14; 8 with --maps)")
+    g.add_argument("--target-noise", type=float, default=None, metavar="TAU",
+                   help="noise floor / mean |I^(m)| <= TAU at every order and image (implies --protocol precise)")
+    g.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="with a target: at most N game evaluations per image (orders it leaves above the target "
+                   "are reported)")
+    g.add_argument("--grid", type=int, default=None, help="players = grid x grid cells (default 14; 8 for maps)")
     g.add_argument("--pairs", type=int, default=None, help="pairs per image (default 50)")
     g.add_argument("--contexts", type=int, default=None,
-                   help="contexts per pair and order (default 50; 16 with --maps)")
-    g.add_argument("--target-noise", type=float, default=None, metavar="TAU",
-                   help="instead of a context count: noise floor / mean |I^(m)| <= TAU at every order and image "
-                   "(the adaptive estimator; implies --protocol precise)")
-    g.add_argument("--max-evaluations", type=int, default=None, metavar="N",
-                   help="with a target: at most N game evaluations per image (orders that miss the target are "
-                   "reported)")
-    g.add_argument("--min-contexts", type=int, default=8, help="with a target: contexts per pair and order, at least")
-    g.add_argument("--max-contexts", type=int, default=1024, help="with a target: contexts per pair and order, at most")
-    g.add_argument("--pilot-contexts", type=int, default=8, help="with a target: pilot contexts per pair and order")
-    g.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
-                   help="with a target: the pilot's later rounds enter the estimate with weights fixed before they "
-                   "are drawn (weighted, default), plan only (discard), or a cross-fitted pilot (reuse)")
-    g.add_argument("--no-top-up", dest="top_up", action="store_false",
-                   help="with a target: one main stage planned from the pilot, instead of two halves each "
-                   "topped up to what the other half's data say the target needs (the default without a cap)")
-    g.add_argument("--ratios", type=float, nargs="+", default=None,
-                   help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios; with --maps those "
+                   help="contexts per pair and order of the fixed protocols (default 50; 16 for maps)")
+    g.add_argument("--ratios", type=float, nargs="+", default=None, metavar="R",
+                   help="order ratios r, m = int((n-2) r) (default: the 13 reference ratios; for maps those "
                    "inside the bands)")
     g.add_argument("--baseline", default="mean", choices=["mean", "zero", "blur"], help="absent-player baseline")
     g.add_argument("--value", dest="output", default="log_odds", choices=["log_odds", "logit", "log_prob"],
                    help="game value v(S) of the target class (default log_odds)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
-    g.add_argument("--normalization", choices=["evaluated", "all"], default="evaluated",
+    g.add_argument("--dry-run", action="store_true",
+                   help="write OUT/plan.json (evaluations per image, measured seconds per evaluation, expected "
+                   "time), print it and compute nothing else")
+    a = p.add_argument_group("interactions, advanced")
+    a.add_argument("--sharing", choices=["shared", "independent"], default=None,
+                   help="how the fixed protocols draw contexts (default: independent for reference, shared otherwise)")
+    a.add_argument("--min-contexts", type=int, default=8, help="with a target: contexts per pair and order, at least")
+    a.add_argument("--max-contexts", type=int, default=4096,
+                   help="with a target: contexts per pair and order, at most")
+    a.add_argument("--map-radius", type=int, default=1, help="maps: neighbours within this distance")
+    a.add_argument("--map-neighbourhood", choices=["right_down", "chebyshev"], default="right_down",
+                   help="maps: right and lower neighbours, or every cell within the radius")
+    a.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long GPU runs)")
+    a.add_argument("--normalization", choices=["evaluated", "all"], default="evaluated",
                    help="J^(m) divides by the mean over the evaluated orders (reference) or over all orders")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the figure's bands")
+    a.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the figure's bands")
     add_run_args(p, "interactions", dtype_help="model dtype: float32 (default), bfloat16, float16")
     return p
 
 
 def settings_from_args(args: argparse.Namespace):
     """The :class:`InteractionSettings` of parsed arguments."""
+    from .estimators import FixedContexts, PrecisionTarget
     from .pipeline import InteractionSettings
 
-    given = dict(grid=args.grid, pairs=args.pairs, contexts=args.contexts,
-                 ratios=None if args.ratios is None else tuple(args.ratios))
+    protocol = "precise" if args.target_noise is not None else args.protocol
+    given = dict(grid=args.grid, pairs=args.pairs, ratios=None if args.ratios is None else tuple(args.ratios))
     overrides = dict({k: v for k, v in given.items() if v is not None}, baseline=args.baseline, output=args.output,
                      image_size=args.image_size, dtype=args.dtype, memory_format=args.memory_format, seed=args.seed)
-    if args.maps:
-        if args.target_noise is not None or args.method is not None:
-            raise ValueError("--maps uses shared contexts with a context count; drop --target-noise / --method")
-        return InteractionSettings.maps(**overrides, map_radius=args.map_radius,
-                                        map_neighbourhood=args.map_neighbourhood)
-    if args.target_noise is not None or args.protocol == "precise":
-        if args.method is not None:
-            raise ValueError("--target-noise chooses the adaptive estimator; drop --method")
-        return InteractionSettings.precise(0.1 if args.target_noise is None else args.target_noise,
-                                           pilot_contexts=args.pilot_contexts, min_contexts=args.min_contexts,
-                                           max_contexts=args.max_contexts, max_evaluations=args.max_evaluations,
-                                           pilot=args.pilot, top_up=args.top_up, **overrides)
+    if protocol == "precise":
+        if args.contexts is not None or args.sharing is not None:
+            raise ValueError("a precision target chooses its contexts: drop --contexts / --sharing")
+        tau = 0.1 if args.target_noise is None else args.target_noise
+        est = PrecisionTarget(tau, args.max_evaluations, args.min_contexts, args.max_contexts)
+        return InteractionSettings.precise(**overrides, estimator=est)
     if args.max_evaluations is not None:
-        raise ValueError("--max-evaluations caps the adaptive estimator: give --target-noise too")
-    preset = InteractionSettings.reference if args.protocol == "reference" else InteractionSettings.efficient
-    if args.method is not None:
-        overrides["method"] = args.method
-    return preset(**overrides)
+        raise ValueError("--max-evaluations caps a precision target: give --target-noise too")
+    if protocol == "maps":
+        overrides.update(map_radius=args.map_radius, map_neighbourhood=args.map_neighbourhood)
+    preset = getattr(InteractionSettings, protocol)
+    settings = preset(**overrides) if args.contexts is None else preset(contexts=args.contexts, **overrides)
+    if args.sharing is not None:
+        settings = dataclasses.replace(settings, estimator=FixedContexts(settings.estimator.contexts, args.sharing))
+    return settings
 
 
 @contextlib.contextmanager
@@ -145,12 +140,19 @@ def _maps_figure(args: argparse.Namespace, stack) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import figure_out, images_from_args, setup_from_args, specs_from_args
-    from .pipeline import compute_interactions
+    from .pipeline import compute_interactions, plan_interactions
     from .plot import plot_relative_strength
 
     args = build_parser().parse_args(argv)
     setup_from_args(args)
     settings = settings_from_args(args)
+    if args.dry_run:
+        plan = plan_interactions(specs_from_args(args), images_from_args(args), settings, device=args.device,
+                                 batch_size=args.batch_size)
+        path = plan.save(args.out)
+        print(plan.describe())
+        print(f"plan written to {path}")
+        return 0
     with _process_group(args.device) as rank:
         stack = compute_interactions(specs_from_args(args), images_from_args(args), settings, out=args.out,
                                      resume=args.resume, device=args.device, batch_size=args.batch_size,
@@ -160,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_figures:
         fig, _ = plot_relative_strength(stack, normalization=args.normalization, n_boot=args.bootstrap, seed=args.seed)
         figure_out(fig, f"{args.out}/interactions_J")
-        if args.maps:
+        if settings.pair_rule == "map":
             _maps_figure(args, stack)
     for name, J in stack.relative_strength(args.normalization).items():
         log.info("%s J^(m): %s", name, " ".join(f"{x:.3f}" for x in J.tolist()))

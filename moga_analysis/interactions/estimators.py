@@ -5,19 +5,20 @@ Definitions (Deng et al., ICLR 2022), for a game v over players N (|N| = n):
 * Delta(i,j,S) = v(S+ij) - v(S+i) - v(S+j) + v(S)  for S a subset of N minus {i,j};
 * I^(m)(i,j) = E_{S subset of N\\{i,j}, |S| = m} Delta(i,j,S),  m = 0 .. n-2.
 
-Estimators (all return an :class:`InteractionResult`):
+An estimator is a small object with one call, ``estimator.estimate(game, n_players, pairs,
+orders, seed=...) -> InteractionResult`` (the :class:`Estimator` protocol):
 
-* :func:`exact_interactions`: enumeration of all 2^n coalitions (small n).
-* :func:`estimate_interactions` with ``method="independent"``: the reference protocol; every pair
-  draws its own ``n_contexts`` contexts S per order, 4 evaluations each.
-* ``method="shared"``: one sampled context serves every pair it can.  At low orders an anchor S
-  (|S| = m) is drawn from all of N and serves the pairs disjoint from it (v(S) and v(S+i) are
-  shared); at high orders the present set R (|R| = m+2) is drawn and serves the pairs inside it
-  (v(R) and v(R-i) are shared).  Each pair keeps the first ``n_contexts`` anchors that serve it;
-  conditional on serving a pair, an anchor is uniform over that pair's contexts, so the estimate
-  is unbiased and its samples are i.i.d. (the stderr is the usual std/sqrt(k)).
+* :class:`FixedContexts` ``(contexts, sharing)``: ``contexts`` samples per pair and order, drawn
+  per pair (``sharing="independent"``, the reference protocol) or shared between the pairs they
+  serve (``"shared"``; :mod:`.sampling`);
+* :class:`PrecisionTarget` ``(target_noise, max_evaluations=None)``: as many shared contexts per
+  pair and order as it takes to bring noise floor / mean |I^(m)| to ``target_noise`` at every
+  order (:mod:`.precision`).
 
-Orders 0 and n-2 have a single context: they are computed exactly (stderr 0) by both methods.
+:func:`exact_interactions` enumerates all 2^n coalitions (small n), and
+:func:`estimate_interactions` is the function form of :class:`FixedContexts`.
+
+Orders 0 and n-2 have a single context: every estimator computes them exactly (stderr 0).
 Each pair's samples are split into two halves; ``half_values`` are their means, so that
 ``mean(half_values[0] * half_values[1])`` is an unbiased estimate of E_(i,j)[I^2] (the noise
 cancels), reported beside the raw mean |I| and its noise floor.
@@ -28,18 +29,38 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional, Protocol, runtime_checkable
 
 import torch
 
 from ..results import SavableResult
-from ..runtime import progress as _progress
+from .sampling import (
+    Game,
+    check_orders,
+    check_pairs,
+    evaluate,
+    independent_samples,
+    noise_floor,
+    shared_plan,
+)
 
-__all__ = ["InteractionResult", "exact_interactions", "estimate_interactions", "deconvolved_mean_abs", "Game"]
+__all__ = [
+    "InteractionResult",
+    "Estimator",
+    "FixedContexts",
+    "PrecisionTarget",
+    "SHARING",
+    "estimator_from_dict",
+    "exact_interactions",
+    "estimate_interactions",
+    "deconvolved_mean_abs",
+    "Game",
+]
 
 log = logging.getLogger(__name__)
 
-Game = Callable[[torch.Tensor], torch.Tensor]
+#: how the contexts of :class:`FixedContexts` are drawn
+SHARING = ("shared", "independent")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,9 +76,9 @@ class InteractionResult(SavableResult):
     half_values: [2, n_orders, n_pairs], means of the two halves of each pair's samples;
     n_samples: LongTensor [n_orders], samples (contexts) per pair and order (the fewest any pair
     got, where pairs differ);
-    n_evaluations: game evaluations used;  method: "exact", "shared", "independent" or "adaptive";
-    samples_per_pair: LongTensor [n_orders, n_pairs] where the samples differ per pair (adaptive
-    allocation), else None (files saved before it existed load with None).
+    n_evaluations: game evaluations used;  method: "exact", "shared", "independent" or "precision";
+    samples_per_pair: LongTensor [n_orders, n_pairs] where the samples differ per pair (a
+    precision target allocates them per pair), else None.
     """
 
     orders: torch.Tensor
@@ -79,7 +100,7 @@ class InteractionResult(SavableResult):
 
     def noise_floor(self) -> torch.Tensor:
         """E_(i,j) sqrt(2/pi)*stderr: the mean |I| that pure estimator noise would give."""
-        return math.sqrt(2 / math.pi) * self.stderr.mean(1)
+        return noise_floor(self.stderr, 1)
 
     def mean_square_unbiased(self) -> torch.Tensor:
         """Unbiased E_(i,j)[I^2] per order from the product of independent half estimates."""
@@ -90,7 +111,7 @@ class InteractionResult(SavableResult):
 
     def noise_ratio(self) -> torch.Tensor:
         """Noise floor / raw mean |I| per order (0 where exact): the precision that
-        :func:`~moga_analysis.interactions.estimate_adaptive` targets."""
+        :class:`PrecisionTarget` targets."""
         floor, signal = self.noise_floor(), self.mean_abs()
         return torch.where(floor > 0, floor / signal.clamp_min(torch.finfo(signal.dtype).tiny), torch.zeros_like(floor))
 
@@ -170,49 +191,6 @@ def deconvolved_mean_abs(
     return (out / x.shape[-1]).reshape(lead)
 
 
-def _check_pairs(pairs, n_players: int) -> torch.Tensor:
-    pairs = torch.as_tensor(pairs, dtype=torch.long)
-    if pairs.dim() != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
-        raise ValueError(f"pairs must be a non-empty [n_pairs, 2] integer tensor, got shape {list(pairs.shape)}")
-    if (pairs < 0).any() or (pairs >= n_players).any():
-        raise ValueError(f"pair indices must lie in [0, {n_players})")
-    if (pairs[:, 0] == pairs[:, 1]).any():
-        raise ValueError("a pair needs two different players")
-    return pairs
-
-
-def _check_orders(orders, n_players: int) -> torch.Tensor:
-    orders = torch.as_tensor(
-        list(orders) if not isinstance(orders, torch.Tensor) else orders, dtype=torch.long
-    ).flatten()
-    if len(orders) == 0 or (orders < 0).any() or (orders > n_players - 2).any():
-        raise ValueError(f"orders must lie in [0, {n_players - 2}], got {orders.tolist()}")
-    return orders
-
-
-def _evaluate(
-    game: Game, masks: torch.Tensor, batch_size: Optional[int], show_progress: bool, desc: str
-) -> torch.Tensor:
-    """Game values of ``masks`` in chunks of ``batch_size`` rows (float64, CPU); NaN is an error."""
-    k = masks.shape[0]
-    step = k if not batch_size else int(batch_size)
-    starts = range(0, k, max(step, 1))
-    out = []
-    for s in _progress(starts, enabled=show_progress and len(starts) > 1, desc=desc, leave=False, unit="batch"):
-        v = torch.as_tensor(game(masks[s : s + step])).detach().to("cpu", torch.float64).flatten()
-        if v.shape[0] != min(step, k - s):
-            raise ValueError(f"the game returned {v.shape[0]} values for {min(step, k - s)} masks")
-        out.append(v)
-    v = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
-    bad = ~torch.isfinite(v)
-    if bad.any():
-        raise ValueError(
-            f"the game returned {int(bad.sum())} non-finite values (NaN/inf) out of {k}; "
-            f"check the model's dtype and inputs"
-        )
-    return v
-
-
 # ----------------------------------------------------------------------------------------------
 # exact
 # ----------------------------------------------------------------------------------------------
@@ -223,12 +201,12 @@ def exact_interactions(
     n = int(n_players)
     if n > max_players:
         raise ValueError(f"exact enumeration needs 2^{n} evaluations; n_players must be <= {max_players}")
-    pairs = _check_pairs(pairs, n)
-    orders = _check_orders(range(n - 1) if orders is None else orders, n)
+    pairs = check_pairs(pairs, n)
+    orders = check_orders(range(n - 1) if orders is None else orders, n)
     codes = torch.arange(2**n, dtype=torch.long)
     bits = 1 << torch.arange(n, dtype=torch.long)
     masks = (codes[:, None] & bits) != 0
-    v = _evaluate(game, masks, batch_size, False, "exact")
+    v = evaluate(game, masks, batch_size)
     size = masks.sum(1)
     values = torch.zeros(len(orders), len(pairs), dtype=torch.float64)
     for p, (i, j) in enumerate(pairs.tolist()):
@@ -252,122 +230,37 @@ def exact_interactions(
     )
 
 
+
+
 # ----------------------------------------------------------------------------------------------
-# sampling plans: rows to evaluate and how to combine them
+# estimator objects
 # ----------------------------------------------------------------------------------------------
-def _random_subsets(
-    count: int, n: int, size: int, gen: torch.Generator, exclude: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``count`` uniform random subsets of ``size`` players as bool ``[count, n]`` rows.
+@runtime_checkable
+class Estimator(Protocol):
+    """What every estimator is: settings that define its numbers, and one call."""
 
-    ``exclude [count, n]`` (bool): players that must not be drawn in that row.
-    """
-    keys = torch.rand(count, n, generator=gen, dtype=torch.float64)
-    if exclude is not None:
-        keys = keys.masked_fill(exclude, 2.0)
-    out = torch.zeros(count, n, dtype=torch.bool)
-    if size > 0:
-        idx = keys.topk(size, dim=1, largest=False).indices
-        out.scatter_(1, idx, True)
-    return out
+    def estimate(self, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+                 batch_size: Optional[int] = None) -> InteractionResult:
+        """I^(m)(i,j) of ``game`` for ``pairs [P, 2]`` at ``orders``; randomness from ``seed`` only."""
+
+    def planned_evaluations(self, n_players: int, pairs, orders, *, seed: int = 0) -> Optional[int]:
+        """The game evaluations :meth:`estimate` will use, where known before the game is played."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings that define the numbers (a run folder's fingerprint)."""
 
 
-def _flip(rows: torch.Tensor, players: torch.Tensor) -> torch.Tensor:
-    out = rows.clone()
-    r = torch.arange(len(rows))
-    out[r, players] = ~out[r, players]
-    return out
-
-
-def _plan_independent(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generator):
-    P = len(pairs)
-    pi = pairs[:, 0].repeat_interleave(k)
-    pj = pairs[:, 1].repeat_interleave(k)
-    excl = torch.zeros(P * k, n, dtype=torch.bool)
-    r = torch.arange(P * k)
-    excl[r, pi] = True
-    excl[r, pj] = True
-    S = _random_subsets(P * k, n, m, gen, excl)
-    Si, Sj = _flip(S, pi), _flip(S, pj)
-    Sij = _flip(Si, pj)
-    rows = torch.cat([Sij, Si, Sj, S])
-    base = torch.arange(P * k).view(P, k)
-    R = P * k
-    return rows, (base, base + R, base + 2 * R, base + 3 * R)
-
-
-def _shared_samples(n: int, pairs: torch.Tensor, m: int, need: torch.Tensor, gen: torch.Generator):
-    """Shared-context samples of order ``m``: pair ``p`` gets ``need[p]`` of them.
-
-    Returns ``(rows, (a, b, c, d), pair_of)``: the rows to evaluate, and for every sample (flat,
-    sorted by pair, then by context) the row indices whose values give
-    ``Delta = v[a] - v[b] - v[c] + v[d]`` and the pair it belongs to.  A pair's samples are its
-    first ``need[p]`` anchors among i.i.d. uniform anchors; given that an anchor serves a pair it
-    is uniform over that pair's contexts, so each pair's samples are i.i.d. draws of Delta(i,j,S)
-    with S uniform among the subsets of size ``m`` of N minus {i,j}.
-    """
-    pi, pj = pairs[:, 0], pairs[:, 1]
-    low = (n - m) * (n - m - 1) >= (m + 2) * (m + 1)
-    size = m if low else m + 2
-    p_serve = ((n - m) * (n - m - 1) if low else (m + 2) * (m + 1)) / (n * (n - 1))
-    need = need.clone()
-    anchors, takes = [], []
-    while int(need.max()) > 0:
-        count = int(math.ceil(int(need.max()) / p_serve * 1.1)) + 4
-        A = _random_subsets(count, n, size, gen)
-        if low:
-            serve = ~A[:, pi] & ~A[:, pj]
-        else:
-            serve = A[:, pi] & A[:, pj]
-        take = serve & (serve.long().cumsum(0) <= need)
-        need = need - take.sum(0)
-        keep = take.any(1)
-        anchors.append(A[keep])
-        takes.append(take[keep])
-    A = torch.cat(anchors)
-    take = torch.cat(takes)  # [C, P]
-    C = len(A)
-    c_idx, p_idx = take.nonzero(as_tuple=True)  # sorted by context, then pair
-    # single flips, deduplicated per (context, player)
-    keys_i = c_idx * n + pi[p_idx]
-    keys_j = c_idx * n + pj[p_idx]
-    uniq, inv = torch.unique(torch.cat([keys_i, keys_j]), return_inverse=True)
-    single = _flip(A[uniq // n], uniq % n)
-    T = len(c_idx)
-    inv_i, inv_j = inv[:T], inv[T:]
-    double = _flip(_flip(A[c_idx], pi[p_idx]), pj[p_idx])
-    rows = torch.cat([A, single, double])
-    off_single, off_double = C, C + len(uniq)
-    # order the samples of each pair by context (stable sort on the pair index)
-    order = torch.sort(p_idx, stable=True).indices
-    a = off_double + order
-    b = off_single + inv_i[order]
-    c = off_single + inv_j[order]
-    d = c_idx[order]
-    if low:  # rows: S+ij, S+i, S+j, S
-        return rows, (a, b, c, d), p_idx[order]
-    # rows: R, R-j, R-i, R-ij  -> Delta = v(R) - v(R-i) - v(R-j) + v(R-ij)
-    return rows, (d, c, b, a), p_idx[order]
-
-
-def _plan_shared(n: int, pairs: torch.Tensor, m: int, k: int, gen: torch.Generator):
-    """Anchors serving many pairs, ``k`` samples per pair; rows and index tensors [P, k] (a - b - c + d)."""
-    P = len(pairs)
-    rows, idx, _ = _shared_samples(n, pairs, m, torch.full((P,), k, dtype=torch.long), gen)
-    return rows, tuple(t.view(P, k) for t in idx)
-
-
-def _plan_fixed(n: int, pairs: torch.Tensor, orders: torch.Tensor, k: int, method: str, gen: torch.Generator):
+def _fixed_plan(n: int, pairs: torch.Tensor, orders: torch.Tensor, k: int, sharing: str, gen: torch.Generator):
     """Rows of ``k`` contexts per pair at every order (one at the exact orders 0 and n-2) and,
     per order, (exact, sample indices into the rows)."""
     plans, row_blocks, offset = [], [], 0
     for m in orders.tolist():
         exact = m == 0 or m == n - 2
         kk = 1 if exact else k
-        if method == "shared" or exact:
-            rows, idx = _plan_shared(n, pairs, m, kk, gen)
+        if sharing == "shared" or exact:
+            rows, idx = shared_plan(n, pairs, m, kk, gen)
         else:
-            rows, idx = _plan_independent(n, pairs, m, kk, gen)
+            rows, idx = independent_samples(n, pairs, m, kk, gen)
         plans.append((exact, tuple(t + offset for t in idx)))
         row_blocks.append(rows)
         offset += len(rows)
@@ -394,6 +287,122 @@ def _fixed_statistics(v: torch.Tensor, plans, O: int, P: int):
     return values, stderr, halves, n_samples
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedContexts:
+    """``contexts`` samples of Delta(i,j,S) per pair and order.
+
+    ``sharing="independent"``: every pair draws its own contexts, 4 evaluations per sample (the
+    public reference code's protocol, ``contexts=50``); ``"shared"``: one context serves every
+    pair it can (the same samples per pair in fewer evaluations; :mod:`.sampling`).
+    """
+
+    contexts: int = 50
+    sharing: str = "shared"
+
+    def __post_init__(self):
+        if self.sharing not in SHARING:
+            raise ValueError(f"unknown sharing {self.sharing!r}; choose 'shared' or 'independent'")
+        if int(self.contexts) < 2:
+            raise ValueError("contexts must be >= 2 (a stderr needs two samples)")
+        object.__setattr__(self, "contexts", int(self.contexts))
+
+    def _plan(self, n_players: int, pairs, orders, seed: int):
+        n = int(n_players)
+        pairs, orders = check_pairs(pairs, n), check_orders(orders, n)
+        plans, masks = _fixed_plan(n, pairs, orders, self.contexts, self.sharing,
+                                   torch.Generator().manual_seed(int(seed)))
+        return n, pairs, orders, plans, masks
+
+    def planned_evaluations(self, n_players: int, pairs, orders, *, seed: int = 0) -> int:
+        """The exact number of evaluations of :meth:`estimate` with the same arguments."""
+        return int(self._plan(n_players, pairs, orders, seed)[4].shape[0])
+
+    def estimate(self, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+                 batch_size: Optional[int] = None) -> InteractionResult:
+        """Sampled I^(m)(i,j); orders 0 and n-2 exact.  ``batch_size``: masks per game call (None:
+        every row in one call; the game batches its forward passes itself)."""
+        n, pairs, orders, plans, masks = self._plan(n_players, pairs, orders, seed)
+        v = evaluate(game, masks, batch_size)
+        values, stderr, halves, n_samples = _fixed_statistics(v, plans, len(orders), len(pairs))
+        return InteractionResult(
+            orders=orders, pairs=pairs, values=values, stderr=stderr, half_values=halves, n_samples=n_samples,
+            n_evaluations=int(masks.shape[0]), n_players=n, method=self.sharing, seed=int(seed),
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"estimator": "fixed_contexts", "contexts": self.contexts, "sharing": self.sharing}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionTarget:
+    """As many shared contexts per pair and order as it takes to bring the noise floor / mean |I^(m)|
+    to at most ``target_noise`` at every inner order, at least cost (the method: :mod:`.precision`).
+
+    Without a cap every order ends at or below the target (orders whose pairs would need more than
+    ``max_contexts`` samples are the exception, reported in ``metadata["missed_orders"]``).
+    ``max_evaluations``: a cap on the game evaluations per call, never exceeded; an order the cap
+    leaves above the target is reported in ``metadata["missed_orders"]``.  ``min_contexts``,
+    ``max_contexts``: bounds on the samples per pair and order.
+    """
+
+    target_noise: float = 0.1
+    max_evaluations: Optional[int] = None
+    min_contexts: int = 8
+    max_contexts: int = 4096
+
+    def __post_init__(self):
+        tau = float(self.target_noise)
+        if not 0 < tau < 10:
+            raise ValueError(f"target_noise is a ratio noise floor / mean |I|, e.g. 0.1; got {self.target_noise}")
+        if int(self.min_contexts) < 4:
+            raise ValueError("min_contexts must be >= 4 (two samples in each of the two halves)")
+        if int(self.max_contexts) < int(self.min_contexts):
+            raise ValueError("max_contexts must be >= min_contexts")
+        if self.max_evaluations is not None and int(self.max_evaluations) < 1:
+            raise ValueError("max_evaluations must be a positive number of evaluations, or None")
+        object.__setattr__(self, "target_noise", tau)
+        object.__setattr__(self, "min_contexts", int(self.min_contexts))
+        object.__setattr__(self, "max_contexts", int(self.max_contexts))
+        if self.max_evaluations is not None:
+            object.__setattr__(self, "max_evaluations", int(self.max_evaluations))
+
+    def planned_evaluations(self, n_players: int, pairs, orders, *, seed: int = 0) -> Optional[int]:
+        """Unknown before the game is played: :meth:`project` runs the pilot and projects it."""
+        return None
+
+    def project(self, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+                batch_size: Optional[int] = None) -> Dict[str, Any]:
+        """Play the pilot only and project the evaluations of :meth:`estimate` from it:
+        ``{"pilot_evaluations", "projected_evaluations"}`` (the cap where it binds)."""
+        from .precision import project_precision
+
+        return project_precision(self, game, n_players, pairs, orders, seed=seed, batch_size=batch_size)
+
+    def estimate(self, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+                 batch_size: Optional[int] = None) -> InteractionResult:
+        """I^(m)(i,j) to the target; the precision reached per order is in ``metadata``."""
+        from .precision import estimate_precision
+
+        return estimate_precision(self, game, n_players, pairs, orders, seed=seed, batch_size=batch_size)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"estimator": "precision_target", "target_noise": self.target_noise,
+                "max_evaluations": self.max_evaluations, "min_contexts": self.min_contexts,
+                "max_contexts": self.max_contexts}
+
+
+_ESTIMATORS = {"fixed_contexts": FixedContexts, "precision_target": PrecisionTarget}
+
+
+def estimator_from_dict(d: Dict[str, Any]):
+    """The estimator whose :meth:`to_dict` is ``d``."""
+    d = dict(d)
+    kind = d.pop("estimator", None)
+    if kind not in _ESTIMATORS:
+        raise ValueError(f"unknown estimator {kind!r}; known: {', '.join(_ESTIMATORS)}")
+    return _ESTIMATORS[kind](**d)
+
+
 def estimate_interactions(
     game: Game,
     n_players: int,
@@ -404,34 +413,7 @@ def estimate_interactions(
     method: str = "shared",
     seed: int = 0,
     batch_size: Optional[int] = None,
-    progress: bool = False,
 ) -> InteractionResult:
-    """Sampled I^(m)(i,j) with ``n_contexts`` contexts per pair and order.
-
-    Orders 0 and n-2 are exact (one context, stderr 0).  ``batch_size``: masks per game call
-    (None: all rows of the run in one call; the game batches its forward passes itself).
-    Randomness comes only from a ``torch.Generator`` seeded with ``seed``.
-    """
-    if method not in ("shared", "independent"):
-        raise ValueError(f"unknown method {method!r}; choose 'shared' or 'independent'")
-    n = int(n_players)
-    pairs = _check_pairs(pairs, n)
-    orders = _check_orders(orders, n)
-    k = int(n_contexts)
-    if k < 2:
-        raise ValueError("n_contexts must be >= 2 (a stderr needs two samples)")
-    plans, masks = _plan_fixed(n, pairs, orders, k, method, torch.Generator().manual_seed(int(seed)))
-    v = _evaluate(game, masks, batch_size, progress, f"{method} rows")
-    values, stderr, halves, n_samples = _fixed_statistics(v, plans, len(orders), len(pairs))
-    return InteractionResult(
-        orders=orders,
-        pairs=pairs,
-        values=values,
-        stderr=stderr,
-        half_values=halves,
-        n_samples=n_samples,
-        n_evaluations=int(masks.shape[0]),
-        n_players=n,
-        method=method,
-        seed=int(seed),
-    )
+    """``FixedContexts(n_contexts, sharing=method).estimate(game, n_players, pairs, orders, seed=seed)``."""
+    return FixedContexts(n_contexts, method).estimate(game, n_players, pairs, orders, seed=seed,
+                                                      batch_size=batch_size)

@@ -15,8 +15,8 @@ as :func:`~.strength.paired_band_difference` maps them: ``m_lo = int((n-2) lo)``
 ``m_hi = int((n-2) hi)``, inclusive.
 
 * :func:`maps_from_result`: the maps of one :class:`~.estimators.InteractionResult`;
-* :func:`interaction_maps`: a model and images, end to end (:class:`~.games.ImageMaskingGame` and
-  :func:`~.estimators.estimate_interactions` on :func:`~.design.map_pairs`);
+* maps of models on images come from :func:`~.pipeline.compute_interactions` with
+  :meth:`~.pipeline.InteractionSettings.maps` (``stack.maps``);
 * :class:`InteractionMaps`: the result, ``[n_images, n_bands, grid, grid]``, saves, loads, stacks;
 * :func:`map_difference` / :class:`MapDifference`: two models on the same images, pairs and
   contexts, paired per image and cell.
@@ -32,9 +32,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..results import SavableResult
-from ..runtime import progress as _progress
-from .design import REFERENCE_RATIOS, map_pairs, orders_from_ratios, pair_incidence
-from .estimators import InteractionResult, estimate_interactions, exact_interactions
+from .design import REFERENCE_RATIOS, orders_from_ratios, pair_incidence
+from .estimators import InteractionResult
+from .sampling import SQRT_2_PI
 from .strength import ORDER_BANDS
 
 __all__ = [
@@ -43,15 +43,12 @@ __all__ = [
     "band_orders",
     "map_orders",
     "maps_from_result",
-    "interaction_maps",
     "map_difference",
-    "image_seed",
 ]
 
 log = logging.getLogger(__name__)
 
 Bands = Mapping[str, Tuple[float, float]]
-_SQRT_2_PI = math.sqrt(2 / math.pi)
 
 
 # ---------------------------------------------------------------------------------------- bands
@@ -195,7 +192,7 @@ class InteractionMaps(SavableResult):
         """An upper bound on the standard error of ``signed`` (and of ``mean_abs``) per cell: the mean
         stderr of the cell's values, ``noise_floor / sqrt(2/pi)``.  A bound because the sd of a mean
         never exceeds the mean of the sds, however the estimates correlate (shared contexts)."""
-        return self.noise_floor / _SQRT_2_PI
+        return self.noise_floor / SQRT_2_PI
 
     def select(self, index) -> "InteractionMaps":
         """The maps of some images (``index``: int, slice, list or LongTensor)."""
@@ -308,7 +305,7 @@ def maps_from_result(
     for name, idx in sel.items():
         out["mean_abs"].append(_cell_means(vals[idx].abs().mean(0), inc, deg))
         out["signed"].append(_cell_means(vals[idx].mean(0), inc, deg))
-        out["noise_floor"].append(_SQRT_2_PI * _cell_means(err[idx].mean(0), inc, deg))
+        out["noise_floor"].append(SQRT_2_PI * _cell_means(err[idx].mean(0), inc, deg))
         out["mean_square_unbiased"].append(_cell_means(sq[idx].mean(0), inc, deg))
     maps = {k: torch.stack(v).view(1, len(b), g, g) for k, v in out.items()}
     if n_contexts is None:
@@ -333,133 +330,6 @@ def maps_from_result(
         n_contexts=int(n_contexts),
         metadata=dict(metadata or {}),
     )
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The estimator's seed for image ``index`` of a run seeded with ``seed`` (the rule of the
-    interactions CLI): depends on (seed, index) only, so two models get the same contexts."""
-    return (int(seed) * 1_000_003 + int(index)) % (2**62)
-
-
-def _model_name(model) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    arch = cfg.get("architecture") or type(model).__name__
-    tag = cfg.get("tag")
-    return f"{arch}.{tag}" if tag else str(arch)
-
-
-def _targets_list(targets, n: int) -> List[Optional[int]]:
-    if targets is None:
-        return [None] * n
-    if isinstance(targets, bool):
-        raise TypeError("targets must be None, an int, a sequence or a tensor, not a bool")
-    if isinstance(targets, int):
-        return [int(targets)] * n
-    if isinstance(targets, torch.Tensor):
-        targets = targets.flatten().tolist()
-    out = [None if t is None else int(t) for t in targets]
-    if len(out) != n:
-        raise ValueError(f"{len(out)} targets for {n} images")
-    return out
-
-
-def interaction_maps(
-    model: torch.nn.Module,
-    images: Union[torch.Tensor, Sequence[torch.Tensor]],
-    targets=None,
-    grid: int = 8,
-    bands: Optional[Bands] = None,
-    n_contexts: int = 16,
-    method: str = "shared",
-    seed: int = 0,
-    batch_size: int = 64,
-    progress: bool = False,
-    *,
-    ratios: Optional[Sequence[float]] = None,
-    orders: Optional[Sequence[int]] = None,
-    radius: int = 1,
-    neighbourhood: str = "right_down",
-    baseline: Union[str, torch.Tensor] = "mean",
-    output: str = "log_odds",
-    model_name: Optional[str] = None,
-    image_ids: Optional[Sequence[Any]] = None,
-    image_indices: Optional[Sequence[int]] = None,
-) -> InteractionMaps:
-    """Per-cell interaction maps of ``model`` on ``images``, end to end.
-
-    ``images``: preprocessed ``[X, C, H, W]`` (or a sequence of ``[C, H, W]``); ``targets``: None
-    (each image's predicted class), an int, or one per image (None entries: predicted).  For each
-    image an :class:`~.games.ImageMaskingGame` (``grid``, ``baseline``, ``output``, ``batch_size``)
-    is played on :func:`~.design.map_pairs` (``radius``, ``neighbourhood``) at ``orders`` (default
-    :func:`map_orders` of ``ratios``: the reference ratios inside the bands), with
-    ``method="shared"`` / ``"independent"`` (:func:`~.estimators.estimate_interactions`,
-    ``n_contexts`` per pair and order, seed :func:`image_seed` of (``seed``, image index)) or
-    ``"exact"`` (enumeration, grid <= 4).  Two models called with the same images and settings get
-    the same pairs and contexts, so :func:`map_difference` pairs them.
-
-    The result's ``n_evaluations`` counts the masked evaluations per image (the shared estimator
-    serves many of the map pairs with one context: about 2x fewer than independent contexts).
-    """
-    if method not in ("shared", "independent", "exact"):
-        raise ValueError(f"unknown method {method!r}; choose 'shared', 'independent' or 'exact'")
-    imgs, tlist, idx_list = _map_inputs(images, targets, image_indices)
-    X = len(imgs)
-    n = int(grid) ** 2
-    b = _normal_bands(bands)
-    pairs = map_pairs(grid, radius, neighbourhood)
-    ords = map_orders(n, b, ratios) if orders is None else sorted({int(m) for m in orders})
-    name = model_name or _model_name(model)
-    game_kw = dict(grid=grid, baseline=baseline, output=output, batch_size=batch_size)
-    parts = [_image_maps(model, imgs[x], tlist[x], game_kw, pairs, ords, b, method, n_contexts,
-                         image_seed(seed, idx_list[x]), name, progress)
-             for x in _progress(range(X), enabled=progress and X > 1, desc=f"maps {name}", unit="img")]
-    settings = dict(
-        grid=int(grid), radius=int(radius), neighbourhood=neighbourhood, orders=ords,
-        ratios=list(REFERENCE_RATIOS if ratios is None else ratios) if orders is None else None,
-        n_contexts=int(n_contexts), method=method, seed=int(seed), batch_size=int(batch_size),
-        baseline=baseline if isinstance(baseline, str) else "tensor", output=output,
-    )  # fmt: skip
-    meta = _run_metadata(model, settings, idx_list, image_ids)
-    return dataclasses.replace(InteractionMaps.stack(parts), metadata=meta)
-
-
-def _map_inputs(images, targets, image_indices):
-    """``(images, targets, image indices)`` as lists of one entry per image."""
-    if isinstance(images, torch.Tensor):
-        images = images.unbind(0) if images.dim() == 4 else [images]
-    imgs = list(images)
-    if not imgs:
-        raise ValueError("no images given")
-    idx_list = list(range(len(imgs))) if image_indices is None else [int(i) for i in image_indices]
-    if len(idx_list) != len(imgs):
-        raise ValueError(f"{len(idx_list)} image indices for {len(imgs)} images")
-    return imgs, _targets_list(targets, len(imgs)), idx_list
-
-
-def _image_maps(model, image, target, game_kw, pairs, orders, bands, method, n_contexts, seed, name, progress):
-    """The maps of one image: its game on the map pairs, estimated (or enumerated), as maps."""
-    from .games import ImageMaskingGame
-
-    game = ImageMaskingGame(model, image, target, **game_kw)
-    n = game.n_players
-    if method == "exact":
-        res = exact_interactions(game, n, pairs, orders, batch_size=game_kw["batch_size"])
-    else:
-        res = estimate_interactions(game, n, pairs, orders, n_contexts, method=method, seed=seed,
-                                    batch_size=game_kw["batch_size"], progress=progress)
-    log.info("maps %s: %d evaluations", name, res.n_evaluations)
-    return maps_from_result(res, game.grid, bands, model=name, target=game.target,
-                            n_contexts=0 if method == "exact" else n_contexts)
-
-
-def _run_metadata(model, settings, idx_list, image_ids) -> Dict[str, Any]:
-    from .. import __version__
-
-    meta = dict(settings=settings, image_indices=idx_list, weights=str(getattr(model, "weights_source", "") or ""),
-                versions={"torch": torch.__version__, "moga_analysis": __version__})
-    if image_ids is not None:
-        meta["image_ids"] = [str(i) for i in image_ids]
-    return meta
 
 
 # ---------------------------------------------------------------------------- paired difference

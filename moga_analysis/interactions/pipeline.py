@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..results import SavableResult, load_tensors, save_tensors, write_table
 from ..runs import RunFolder, SkippedItem, safe_name, weights_record
-from .adaptive import PILOT_MODES
 from .design import REFERENCE_RATIOS, orders_from_ratios, reference_pairs
-from .estimators import InteractionResult, estimate_interactions
+from .estimators import FixedContexts, InteractionResult, PrecisionTarget, estimator_from_dict
 from .games import BASELINES, OUTPUTS, ImageMaskingGame
+from .sampling import noise_floor
 from .strength import ORDER_BANDS, bootstrap_relative_strength, paired_band_difference, relative_strength
 
 __all__ = [
@@ -44,10 +43,12 @@ __all__ = [
     "ModelInteractions",
     "InteractionStack",
     "compute_interactions",
+    "InteractionPlan",
+    "plan_interactions",
+    "image_game",
     "image_interactions",
     "image_seed",
     "PAIR_RULES",
-    "METHODS",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ log = logging.getLogger(__name__)
 #: how the pairs of an image are chosen: the reference rule (random cell, neighbour within 2), or
 #: ``"map"``: every cell with its neighbours (:func:`~.design.map_pairs`), for per-cell maps
 PAIR_RULES = ("reference", "map")
-#: the estimators a run can use (:mod:`.estimators`; ``"adaptive"``: :mod:`.adaptive`)
-METHODS = ("shared", "independent", "adaptive")
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -71,22 +70,17 @@ class InteractionSettings:
 
     Players are the cells of a ``grid x grid`` partition; per image ``pairs`` pairs by
     ``pair_rule`` and the orders m = int((n - 2) r) of ``ratios``; ``baseline`` and ``output``
-    define the game (:class:`~moga_analysis.interactions.games.ImageMaskingGame`); ``method`` the
-    estimator: ``"independent"`` (the reference protocol) or ``"shared"`` with ``contexts`` samples
-    per pair and order, or ``"adaptive"``: as many shared contexts per order as it takes to reach
-    noise floor / mean |I^(m)| <= ``target_noise`` at every order (a pilot of ``pilot_contexts``,
-    then ``min_contexts`` .. ``max_contexts`` per pair, at most ``max_evaluations`` per image, the
-    pilot rounds in the estimate with fixed weights unless ``pilot="discard"``, the main stage in
-    two halves each topped up from the other's data unless ``top_up=False`` or a cap is set; see
-    :func:`~moga_analysis.interactions.adaptive.estimate_adaptive`).  ``dtype``/``memory_format``
-    how the model runs (``"auto"``: channels_last for conv nets, model and input together);
-    ``image_size``: None for the model's own.
+    define the game (:class:`~moga_analysis.interactions.games.ImageMaskingGame`); ``estimator``
+    how I^(m)(i,j) is estimated: :class:`~.estimators.FixedContexts` (a number of contexts per
+    pair and order) or :class:`~.estimators.PrecisionTarget` (a noise target per order).
+    ``dtype``/``memory_format``: how the model runs (``"auto"``: channels_last for conv nets,
+    model and input together); ``image_size``: None for the model's own.  The presets
+    :meth:`reference`, :meth:`efficient`, :meth:`precise` and :meth:`maps` cover the usual runs.
     """
 
-    method: str = "shared"
+    estimator: Any = FixedContexts(50, "shared")
     grid: int = 14
     pairs: int = 50
-    contexts: int = 50
     ratios: Tuple[float, ...] = REFERENCE_RATIOS
     baseline: str = "mean"
     output: str = "log_odds"
@@ -96,22 +90,17 @@ class InteractionSettings:
     memory_format: str = "auto"
     seed: int = 0
     protocol: str = "custom"
-    target_noise: Optional[float] = None
-    pilot_contexts: int = 8
-    min_contexts: int = 8
-    max_contexts: int = 1024
-    max_evaluations: Optional[int] = None
-    pilot: str = "weighted"
-    top_up: bool = True
     map_radius: int = 1
     map_neighbourhood: str = "right_down"
 
     def __post_init__(self):
         object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if int(self.pairs) < 1 or int(self.contexts) < 2:
-            raise ValueError("pairs must be >= 1 and contexts >= 2 (a stderr needs two samples)")
+        if isinstance(self.estimator, dict):
+            object.__setattr__(self, "estimator", estimator_from_dict(self.estimator))
+        if not isinstance(self.estimator, (FixedContexts, PrecisionTarget)):
+            raise TypeError(f"estimator must be FixedContexts(...) or PrecisionTarget(...), got {self.estimator!r}")
+        if int(self.pairs) < 1:
+            raise ValueError("pairs must be >= 1")
         if int(self.grid) < 2:
             raise ValueError("grid must be >= 2 (players are grid x grid cells)")
         if self.baseline not in BASELINES or self.output not in OUTPUTS:
@@ -120,30 +109,27 @@ class InteractionSettings:
             raise ValueError(f"unknown pair rule {self.pair_rule!r}; choose one of {', '.join(PAIR_RULES)}")
         if any(not 0.0 <= r <= 1.0 for r in self.ratios) or not self.ratios:
             raise ValueError(f"ratios must lie in [0, 1], got {list(self.ratios)}")
-        if (self.method == "adaptive") != (self.target_noise is not None):
-            raise ValueError("the adaptive method needs a target_noise, and a target_noise needs method='adaptive'")
-        if self.target_noise is not None and not 0 < float(self.target_noise) < 10:
-            raise ValueError(f"target_noise is a ratio noise floor / mean |I|, e.g. 0.1; got {self.target_noise}")
-        if self.pilot not in PILOT_MODES:
-            raise ValueError(f"unknown pilot mode {self.pilot!r}; choose one of {', '.join(PILOT_MODES)}")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> "InteractionSettings":
+    def reference(cls, contexts: int = 50, **overrides: Any) -> "InteractionSettings":
         """The public reference code's protocol: 14 x 14 cells, 50 pairs, 50 independent contexts
         per pair and order, the 13 reference orders, mean baseline, log-odds."""
-        return cls(**{"method": "independent", "protocol": "reference", **overrides})
+        return cls(**{"estimator": FixedContexts(contexts, "independent"), "protocol": "reference", **overrides})
 
     @classmethod
-    def efficient(cls, **overrides: Any) -> "InteractionSettings":
+    def efficient(cls, contexts: int = 50, **overrides: Any) -> "InteractionSettings":
         """The reference pairs, orders and samples per pair, with contexts shared between pairs
-        (1.46-1.49x fewer evaluations for the same samples)."""
-        return cls(**{"method": "shared", "protocol": "efficient", **overrides})
+        (the same samples in fewer evaluations)."""
+        return cls(**{"estimator": FixedContexts(contexts, "shared"), "protocol": "efficient", **overrides})
 
     @classmethod
-    def precise(cls, target_noise: float = 0.1, **overrides: Any) -> "InteractionSettings":
+    def precise(cls, target_noise: float = 0.1, max_evaluations: Optional[int] = None,
+                **overrides: Any) -> "InteractionSettings":
         """The reference grid, pairs and orders with a precision target instead of a context count:
-        noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost."""
-        return cls(**{"method": "adaptive", "protocol": "precise", "target_noise": float(target_noise), **overrides})
+        noise floor / mean |I^(m)| <= ``target_noise`` at every order, at least cost
+        (``max_evaluations``: a cap per image; orders it leaves above the target are reported)."""
+        est = PrecisionTarget(target_noise, max_evaluations)
+        return cls(**{"estimator": est, "protocol": "precise", **overrides})
 
     @classmethod
     def maps(cls, grid: int = 8, contexts: int = 16, **overrides: Any) -> "InteractionSettings":
@@ -153,8 +139,8 @@ class InteractionSettings:
         from .strength import ORDER_BANDS
 
         ratios = tuple(r for r in REFERENCE_RATIOS if any(lo <= r <= hi for lo, hi in ORDER_BANDS.values()))
-        return cls(**{"method": "shared", "protocol": "maps", "pair_rule": "map", "grid": grid,
-                      "contexts": contexts, "ratios": ratios, **overrides})
+        return cls(**{"estimator": FixedContexts(contexts, "shared"), "protocol": "maps", "pair_rule": "map",
+                      "grid": grid, "ratios": ratios, **overrides})
 
     @property
     def n_players(self) -> int:
@@ -164,17 +150,17 @@ class InteractionSettings:
     def orders(self) -> List[int]:
         return orders_from_ratios(self.ratios, self.n_players)
 
+    @property
+    def target_noise(self) -> Optional[float]:
+        """The precision target, or None for a fixed number of contexts."""
+        return getattr(self.estimator, "target_noise", None)
+
     def fingerprint(self) -> Dict[str, Any]:
-        """The settings that define the numbers (the adaptive fields only for that method, so the
-        fingerprints of earlier runs still match)."""
-        d = dataclasses.asdict(self)
+        """The settings that define the numbers (the map fields only for map pairs, the number of
+        pairs only for the reference rule)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["estimator"] = self.estimator.to_dict()
         d["ratios"] = list(self.ratios)
-        if self.method != "adaptive":
-            for key in ("target_noise", "pilot_contexts", "min_contexts", "max_contexts", "max_evaluations", "pilot",
-                        "top_up"):
-                d.pop(key)
-        else:
-            d.pop("contexts")
         if self.pair_rule != "map":
             d.pop("map_radius")
             d.pop("map_neighbourhood")
@@ -193,6 +179,13 @@ def image_pairs(settings: InteractionSettings, seed: int) -> torch.Tensor:
     return reference_pairs(settings.grid, int(settings.pairs), generator=torch.Generator().manual_seed(seed))
 
 
+def image_game(model: torch.nn.Module, image: torch.Tensor, settings: InteractionSettings, *,
+               target: Optional[int] = None, batch_size: int = 64) -> ImageMaskingGame:
+    """The masking game of ``model`` on one preprocessed ``image [C, H, W]`` under ``settings``."""
+    return ImageMaskingGame(model, image, target=target, grid=settings.grid, baseline=settings.baseline,
+                            output=settings.output, batch_size=batch_size)
+
+
 def image_interactions(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -201,25 +194,29 @@ def image_interactions(
     target: Optional[int] = None,
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = False,
+    counter: Optional[Callable[[int], Any]] = None,
 ) -> InteractionResult:
     """I^(m)(i,j) of ``model`` on one preprocessed ``image [C, H, W]`` (``target`` None: the
     predicted class): the game, pairs and estimator of ``settings``, pairs seeded by ``seed`` and
-    contexts by ``seed + 1``.  ``metadata`` holds the explained ``target``."""
-    game = ImageMaskingGame(model, image, target=target, grid=settings.grid, baseline=settings.baseline,
-                            output=settings.output, batch_size=batch_size)
-    n, pairs, orders = settings.n_players, image_pairs(settings, seed), settings.orders
-    if settings.method == "adaptive":
-        from .adaptive import estimate_adaptive
-
-        res = estimate_adaptive(game, n, pairs, orders, target_noise=settings.target_noise,
-                                pilot_contexts=settings.pilot_contexts, min_contexts=settings.min_contexts,
-                                max_contexts=settings.max_contexts, max_evaluations=settings.max_evaluations,
-                                pilot=settings.pilot, top_up=settings.top_up, seed=seed + 1, progress=progress)
-    else:
-        res = estimate_interactions(game, n, pairs, orders, int(settings.contexts), method=settings.method,
-                                    seed=seed + 1, progress=progress)
+    contexts by ``seed + 1``.  ``counter(k)`` is called with the masks of every game call (a
+    progress bar's ``update``).  ``metadata`` holds the explained ``target``."""
+    game = image_game(model, image, settings, target=target, batch_size=batch_size)
+    played = game if counter is None else _Counted(game, counter)
+    res = settings.estimator.estimate(played, settings.n_players, image_pairs(settings, seed), settings.orders,
+                                      seed=seed + 1)
     return dataclasses.replace(res, metadata={**res.metadata, "target": game.target})
+
+
+class _Counted:
+    """A game that reports the masks of every call to ``counter``."""
+
+    def __init__(self, game, counter: Callable[[int], Any]):
+        self.game, self.counter = game, counter
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        out = self.game(masks)
+        self.counter(int(masks.shape[0]))
+        return out
 
 
 # ===================================================================================== stacked results
@@ -256,7 +253,7 @@ class ModelInteractions(SavableResult):
 
     def noise_floor(self) -> torch.Tensor:
         """E_(i,j) sqrt(2/pi) stderr: the mean |I| that estimator noise alone would give."""
-        return math.sqrt(2 / math.pi) * self.stderr.mean(-1)
+        return noise_floor(self.stderr)
 
     def noise_ratio(self) -> torch.Tensor:
         """Noise floor / mean |I| (the precision reached; 0 at the exact end orders)."""
@@ -426,6 +423,103 @@ class InteractionStack(Mapping[str, ModelInteractions]):
         return cls(found, {m.model: m for m in maps})
 
 
+# ======================================================================================== the plan
+@dataclasses.dataclass(frozen=True)
+class InteractionPlan:
+    """What a run will cost, known before it is paid (:func:`plan_interactions`).
+
+    ``evaluations_per_image``: game evaluations (masked forward passes) per model and image,
+    exact for a fixed number of contexts (``exact=True``: the mean over the images) and the
+    pilot's projection for a precision target; ``seconds_per_evaluation``: measured per model on
+    the first image, in full batches after a warm-up call; ``total_evaluations`` and
+    ``eta_seconds`` over all models and images.
+    """
+
+    models: List[str]
+    images: int
+    evaluations_per_image: int
+    exact: bool
+    seconds_per_evaluation: Dict[str, float]
+    device: str
+    settings: Dict[str, Any]
+
+    @property
+    def total_evaluations(self) -> int:
+        return self.evaluations_per_image * self.images * len(self.models)
+
+    @property
+    def eta_seconds(self) -> float:
+        return sum(self.evaluations_per_image * self.images * s for s in self.seconds_per_evaluation.values())
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(total_evaluations=self.total_evaluations, eta_seconds=round(self.eta_seconds, 1))
+        return d
+
+    def save(self, folder: Union[str, os.PathLike]) -> Path:
+        """``folder/plan.json``."""
+        import json
+
+        from ..results import atomic_write_text
+
+        path = Path(folder) / "plan.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def describe(self) -> str:
+        """The plan in words (one paragraph)."""
+        how = "exactly" if self.exact else "projected from a pilot on the first image:"
+        rates = ", ".join(f"{m} {s * 1e3:.2f} ms" for m, s in self.seconds_per_evaluation.items())
+        text = (f"plan: {len(self.models)} model(s) x {self.images} image(s), {how} {self.evaluations_per_image:,} "
+                f"evaluations per image, {self.total_evaluations:,} in all; per evaluation on {self.device}: "
+                f"{rates}; expected time {_duration(self.eta_seconds)}.")
+        if self.eta_seconds > 3600:
+            text += (" That is over an hour: a precision target with a cap (InteractionSettings.precise(0.3, "
+                     "max_evaluations=...); CLI --target-noise 0.3 --max-evaluations N), a smaller grid, fewer "
+                     "pairs or a GPU cut it down.")
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _seconds_per_evaluation(model, image, settings: InteractionSettings, batch: int) -> float:
+    """Seconds per game evaluation of ``model`` on ``image``: one full batch of random masks, timed
+    after a warm-up call."""
+    import time
+
+    game = image_game(model, image, settings, batch_size=batch)
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(batch, settings.n_players, generator=gen) < 0.5
+    game(masks[: min(batch, 4)])
+    t0 = time.perf_counter()
+    game(masks)
+    return (time.perf_counter() - t0) / batch
+
+
+def _evaluations_per_image(model, image, imgs, settings: InteractionSettings, batch: int) -> Tuple[int, bool]:
+    """Evaluations per image: exact for fixed contexts (the mean over the images' own plans), the
+    pilot's projection on ``image`` for a precision target."""
+    est = settings.estimator
+    if isinstance(est, PrecisionTarget):
+        seed = image_seed(settings.seed, imgs.indices[0])
+        game = image_game(model, image, settings, batch_size=batch)
+        proj = est.project(game, settings.n_players, image_pairs(settings, seed), settings.orders, seed=seed + 1)
+        return int(proj["projected_evaluations"]), False
+    counts = []
+    for idx in imgs.indices:
+        seed = image_seed(settings.seed, idx)
+        counts.append(est.planned_evaluations(settings.n_players, image_pairs(settings, seed), settings.orders,
+                                              seed=seed + 1))
+    return int(round(sum(counts) / len(counts))), True
+
+
 # ======================================================================================== the pipeline
 def _distributed() -> Tuple[int, int]:
     import torch.distributed as dist
@@ -450,40 +544,54 @@ def _prepared(spec, device, settings: InteractionSettings, compile: bool):
     return (torch.compile(model) if compile else model), model
 
 
-def _run_model(spec, imgs, settings: InteractionSettings, run: Optional[RunFolder], device, rank: int, world: int,
-               batch_size: Optional[int], compile: bool, progress: bool) -> Dict[int, SavableResult]:
+def _first_image(imgs, plain, settings: InteractionSettings) -> torch.Tensor:
+    from ..data import transform_for
+
+    transform = transform_for(plain, size=settings.image_size) if imgs.from_files else None
+    for i in range(len(imgs)):
+        image = imgs.load(i, transform)
+        if image is not None:
+            return image
+    raise ValueError("no image could be read")
+
+
+def _batch(batch_size: Optional[int], device) -> int:
+    return batch_size or (64 if torch.device(device).type == "cpu" else 256)
+
+
+def _run_model(spec, model, plain, imgs, settings: InteractionSettings, run: Optional[RunFolder], rank: int,
+               world: int, batch: int, bar) -> Dict[int, SavableResult]:
     """This rank's per-image results of one model (computed, or kept from the run folder)."""
     from ..data import transform_for
-    from ..runtime import progress as _progress
 
-    model, plain = _prepared(spec, device, settings, compile)
     weights = weights_record(plain)
     if run is not None:
         run.check_weights(spec.name, weights)
     transform = transform_for(plain, size=settings.image_size) if imgs.from_files else None
-    batch = batch_size or (64 if torch.device(device).type == "cpu" else 256)
     config = dict(settings.fingerprint(), model=spec.name)
     if spec.checkpoint is not None:
         config["checkpoint"] = spec.checkpoint
     out: Dict[int, SavableResult] = {}
-    mine = [i for i in range(len(imgs)) if i % world == rank]
-    for i in _progress(mine, enabled=progress, desc=f"{spec.name} images", unit="img"):
+    for i in [i for i in range(len(imgs)) if i % world == rank]:
         idx = imgs.indices[i]
         key = f"{safe_name(spec.name)}/img_{idx:05d}"
         identity = {"model": spec.name, "image": imgs.names[i], "index": idx}  # weights: run.check_weights (SHA-256)
+        bar.set_postfix_str(f"{spec.name}, {imgs.names[i]}", refresh=False)
         if run is not None and run.done(key, identity):
             out[i] = run.load_item(key)
+            bar.total = max(bar.total - bar.per_image, bar.n)
             continue
         image = imgs.load(i, transform)
         meta = {"item": identity, "config": dict(config, image=imgs.names[i], index=idx), "label": imgs.labels[i],
                 "weights": (weights or {}).get("location"), "provenance": weights}
         if image is None:
             out[i] = SkippedItem("unreadable image", meta)
+            bar.total = max(bar.total - bar.per_image, bar.n)
         else:
             target = imgs.labels[i] if imgs.labels[i] >= 0 else None
             try:
                 res = image_interactions(model, image, settings, target=target, seed=image_seed(settings.seed, idx),
-                                         batch_size=batch, progress=progress)
+                                         batch_size=batch, counter=bar.update)
             except ValueError as err:
                 raise ValueError(f"{spec.name} on image {imgs.names[i]}: {err}") from None
             out[i] = dataclasses.replace(res, metadata={**meta, **res.metadata})
@@ -499,7 +607,7 @@ def _stack_model(spec, results: Mapping[int, SavableResult], imgs, settings, mod
     skipped = [[imgs.names[i], r.reason] for i, r in sorted(results.items()) if isinstance(r, SkippedItem)]
     first = kept[0][1].metadata if kept else {}
     meta = {"models": models, "environment": environment_info()}
-    if settings.method == "adaptive":
+    if settings.target_noise is not None:
         meta["target_noise"] = settings.target_noise
         meta["missed_orders"] = [r.metadata.get("missed_orders", []) for _, r in kept]
         meta["budget_capped"] = [bool(r.metadata.get("budget_capped")) for _, r in kept]
@@ -540,6 +648,55 @@ def _warn_missed_targets(stack: InteractionStack) -> None:
                         missed, sum(bool(x) for x in r.metadata["missed_orders"]), len(r.images))
 
 
+def _inputs(models, images, settings, labels, labels_file, labels_format, num_images, require_labels,
+            random_weights):
+    from ..data import image_set
+    from ..specs import model_specs
+
+    specs = model_specs(models, random_weights=random_weights)
+    imgs = image_set(images, labels, labels_file=labels_file, labels_format=labels_format, num_images=num_images,
+                     seed=settings.seed, require_labels=require_labels)
+    return specs, imgs
+
+
+def plan_interactions(
+    models: Any,
+    images: Any = None,
+    settings: Optional[InteractionSettings] = None,
+    *,
+    labels: Optional[Sequence[Optional[int]]] = None,
+    labels_file: Optional[Union[str, os.PathLike]] = None,
+    labels_format: str = "auto",
+    num_images: Optional[int] = None,
+    device: Union[str, torch.device, None] = "auto",
+    batch_size: Optional[int] = None,
+    random_weights: bool = False,
+    fast_path: bool = True,
+) -> InteractionPlan:
+    """What :func:`compute_interactions` with the same arguments will cost, without running it:
+    evaluations per image (exact, or a pilot's projection for a precision target) and seconds per
+    evaluation measured on every model (one batch on the first image)."""
+    from ..runtime import analysis_device
+    from ..runtime import fast_path as _fast_path
+
+    _fast_path(fast_path)
+    settings = settings or InteractionSettings.efficient()
+    device = analysis_device(device)
+    specs, imgs = _inputs(models, images, settings, labels, labels_file, labels_format, num_images, False,
+                          random_weights)
+    batch, rates, per_image, exact = _batch(batch_size, device), {}, 0, True
+    for k, spec in enumerate(specs):
+        model, plain = _prepared(spec, device, settings, False)
+        image = _first_image(imgs, plain, settings)
+        if k == 0:
+            per_image, exact = _evaluations_per_image(model, image, imgs, settings, batch)
+        rates[spec.name] = _seconds_per_evaluation(model, image, settings, batch)
+        del model, plain
+    return InteractionPlan(models=[s.name for s in specs], images=len(imgs), evaluations_per_image=per_image,
+                           exact=exact, seconds_per_evaluation=rates, device=str(device),
+                           settings=settings.fingerprint())
+
+
 def compute_interactions(
     models: Any,
     images: Any = None,
@@ -557,36 +714,59 @@ def compute_interactions(
     random_weights: bool = False,
     compile: bool = False,
     progress: bool = True,
+    fast_path: bool = True,
 ) -> InteractionStack:
     """I^(m)(i,j) of every model on every image, stacked per model.
 
     ``models``: names, ``NAME=CHECKPOINT``, ``(name, checkpoint)``, modules or ``{name: module}``
     (:func:`moga_analysis.specs.model_specs`; ``random_weights=True`` is the only way to random
-    weights).  ``images``: None (the shipped photos), a folder, files, a preprocessed tensor or a
-    dataset (:func:`moga_analysis.data.image_set`, with ``labels``/``labels_file``/``labels_format``, ``num_images``
-    by the one subset rule); a label is the explained class, none (-1) the predicted one.
-    ``out``: a run folder, written per image (``resume=True`` keeps what is done there, refusing
-    other settings, inputs or weights).  Under ``torch.distributed`` the images are sharded over
-    the ranks (``out`` is then required).  Returns an :class:`InteractionStack`.
-    """
-    from ..data import image_set
-    from ..runtime import analysis_device
-    from ..specs import model_specs
+    weights).  ``images``: None (the shipped photos), a folder, files, a source name such as
+    ``"imagenet-samples"``, a preprocessed tensor or a dataset (:func:`moga_analysis.data.image_set`,
+    with ``labels``/``labels_file``/``labels_format``, ``num_images`` by the one subset rule); a
+    label is the explained class, none (-1) the predicted one.  ``out``: a run folder, written per
+    image (``resume=True`` keeps what is done there, refusing other settings, inputs or weights).
+    Under ``torch.distributed`` the images are sharded over the ranks (``out`` is then required).
 
+    Before the long work the plan is logged (evaluations per image, exact or projected, and the
+    expected time from a measured batch; :func:`plan_interactions`), and the progress bar counts
+    evaluations.  ``fast_path``: set the allocator for speed first
+    (:func:`moga_analysis.runtime.fast_path`; False leaves the process as it is).
+    Returns an :class:`InteractionStack`.
+    """
+    from tqdm.auto import tqdm
+
+    from ..runtime import analysis_device
+    from ..runtime import fast_path as _fast_path
+
+    _fast_path(fast_path)
     settings = settings or InteractionSettings.efficient()
     rank, world = _distributed()
     if world > 1 and out is None:
         raise ValueError("a distributed run needs an output folder (out=...) to gather its results")
     device = analysis_device(device, world)
-    specs = model_specs(models, random_weights=random_weights)
-    imgs = image_set(images, labels, labels_file=labels_file, labels_format=labels_format, num_images=num_images,
-                     seed=settings.seed, require_labels=require_labels)
+    specs, imgs = _inputs(models, images, settings, labels, labels_file, labels_format, num_images, require_labels,
+                          random_weights)
     run = RunFolder(out, "interactions", settings.fingerprint(), resume=resume, primary=rank == 0) if out else None
-    log.info("%d images, models %s, %s (rank %d/%d)", len(imgs), [s.name for s in specs], settings, rank, world)
-    shares = {s.name: _run_model(s, imgs, settings, run, device, rank, world, batch_size, compile, progress)
-              for s in specs}
+    batch, names = _batch(batch_size, device), [s.name for s in specs]
+    mine = len([i for i in range(len(imgs)) if i % world == rank])
+    shares, bar = {}, None
+    for k, spec in enumerate(specs):
+        model, plain = _prepared(spec, device, settings, compile)
+        if bar is None:  # the plan, from the first model
+            image = _first_image(imgs, plain, settings)
+            per_image, exact = _evaluations_per_image(plain, image, imgs, settings, batch)
+            rate = _seconds_per_evaluation(plain, image, settings, batch)
+            plan = InteractionPlan(models=names, images=mine, evaluations_per_image=per_image, exact=exact,
+                                   seconds_per_evaluation={n: rate for n in names}, device=str(device),
+                                   settings=settings.fingerprint())
+            log.info("%s (every model timed as %s)", plan.describe(), spec.name)
+            bar = tqdm(total=plan.total_evaluations, disable=not progress, desc="interactions", unit="eval",
+                       unit_scale=True, smoothing=0.05)
+            bar.per_image = per_image
+        shares[spec.name] = _run_model(spec, model, plain, imgs, settings, run, rank, world, batch, bar)
+        del model, plain
+    bar.close()
     _barrier(world)
-    names = [s.name for s in specs]
     per_model = {s.name: shares[s.name] if world == 1 else _load_share(run, s, imgs) for s in specs}
     stack = InteractionStack([_stack_model(s, per_model[s.name], imgs, settings, names) for s in specs],
                              _maps(specs, per_model, imgs, settings))
