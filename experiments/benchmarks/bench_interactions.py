@@ -76,10 +76,10 @@ def time_interactions(model: torch.nn.Module, image: torch.Tensor, settings, *, 
 
 def peak_memory(n_images: int, device: str):
     """(peak RSS, peak CUDA memory) in MB of ``python -m moga_analysis.interactions`` on ``n_images``
-    shipped photos (MogaNet-XT, random weights, 112 px, 14 x 14 grid, 4 pairs, the default preset)."""
+    shipped photos (MogaNet-XT, random weights, 112 px, 14 x 14 grid, 8 pairs, 4 contexts)."""
     with tempfile.TemporaryDirectory() as out:
         argv = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "112", "--grid", "14",
-                "--pairs", "4", "--num-images", str(n_images), "--device", device,
+                "--pairs", "8", "--contexts", "4", "--num-images", str(n_images), "--device", device,
                 "--out", out, "--no-figures", "--no-progress", "-q"]
         code = (
             "import json, resource, torch\n"
