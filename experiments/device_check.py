@@ -4,13 +4,13 @@
     python experiments/device_check.py --out /tmp/device_check --quick    # tiny sizes, CPU, < 1 minute
 
 Writes ``OUT/report.md`` and ``OUT/report.json`` (tracebacks included; rewritten after every section)
-beside the files of ``pytest -m gpu tests/test_gpu.py`` (``gpu_tests.xml``, ``.log``, ``gpu_record.json``);
-exits non-zero when a section failed, a gpu test failed or a row could not be measured.  It times the
-functions of ``experiments/benchmarks`` with its :mod:`timing`, ``torch.compile`` against eager forward
-passes (CUDA only), and one image's I^(m) through ``InteractionSettings.reference()``, ``.efficient()``
-and ``.precise(tau)`` (tau: the efficient run's worst noise ratio; a preset that does not fit in the
-time left runs on fewer pairs, extrapolated).  Random weights (perturbed), the shipped photos,
-channels_last, TF32 off.  ``--quick``: MogaNet-XT at 32 px, a 2 x 2 grid, 2 pairs, 2 contexts.
+beside the gpu tests' files (``experiments/gpu_tests.py``); exits non-zero when a section failed, a
+gpu test failed or a row could not be measured.  It times the functions of ``experiments/benchmarks``
+with its :mod:`timing`, ``torch.compile`` against eager forward passes (CUDA only), and one image's
+I^(m) through ``InteractionSettings.reference()``, ``.efficient()`` and ``.precise(tau)`` (tau: the
+efficient run's worst noise ratio; a preset that does not fit in the time left runs on fewer pairs,
+extrapolated).  Random weights (perturbed), the shipped photos, channels_last, TF32 off.
+``--quick``: MogaNet-XT at 32 px, a 2 x 2 grid, 2 pairs, 2 contexts.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ import subprocess
 import sys
 import time
 import traceback
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "experiments" / "benchmarks")]
+sys.path[:0] = [str(REPO), str(REPO / "experiments"), str(REPO / "experiments" / "benchmarks")]
 
 import bench_ablation as BA  # noqa: E402
 import bench_gradcam_erf as BG  # noqa: E402
 import bench_interactions as BI  # noqa: E402
 import torch  # noqa: E402
+from gpu_tests import run_gpu_tests  # noqa: E402
 from timing import fmt, interleaved, markdown_table, timed  # noqa: E402
 
 SECTIONS = ("environment", "gpu_tests", "masked_eval", "ablation_sweep", "gradcam", "erf", "compile", "interactions")
@@ -200,46 +200,14 @@ def section_environment(check: Check, budget: float) -> None:
     check.environment = env
 
 
-def parse_junit(path: Path) -> Dict[str, Any]:
-    """Counts and one line per test from a junit XML file written by pytest."""
-    tests, names = [], {"failure": "failed", "error": "error", "skipped": "skipped"}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        bad = [c for c in case if c.tag in names]
-        bad = next((c for c in bad if c.tag != "skipped"), bad[0] if bad else None)  # a failure outranks a skip
-        text = "" if bad is None else (bad.get("message") or bad.text or "").strip()
-        tests.append({"name": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}", "message":
-                      text.split("\n")[0][:400], "outcome": "passed" if bad is None else names[bad.tag],
-                      "seconds": round(float(case.get("time") or 0.0), 2)})
-    counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
-    return {"total": len(tests), **counts, "tests": tests}
-
-
 def section_gpu_tests(check: Check, budget: float) -> None:
-    xml, record, log = (check.out / n for n in ("gpu_tests.xml", "gpu_record.json", "gpu_tests.log"))
-    for p in (xml, record):
-        p.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # when run inside xdist
-    env.update(MOGA_GPU_RECORD=str(record.resolve()), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
-           f"--junitxml={xml.resolve()}", check.tests]
-    start, rc = time.perf_counter(), None
-    with open(log, "w") as f:
-        try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=budget).returncode
-        except subprocess.TimeoutExpired:
-            pass
-    s = parse_junit(xml) if xml.exists() else {"total": 0, "tests": []}
-    tail = log.read_text(errors="replace").strip().splitlines() or [""]
-    s.update(command=" ".join(["python"] + cmd[1:]).replace(str(xml.resolve()), "OUT/gpu_tests.xml"), returncode=rc,
-             timed_out=rc is None, seconds=round(time.perf_counter() - start, 1), last_line=tail[-1],
-             cuda_available=torch.cuda.is_available(), reference_dir=env.get("MOGA_REFERENCE_DIR", "default"))
+    s, check.gpu_record = run_gpu_tests(check.out, check.tests, timeout=budget)
     check.gpu_tests = s
-    check.gpu_record = json.loads(record.read_text()) if record.exists() else {}
     check.log(f"gpu_tests: {s['last_line']}")
-    if rc != 0:
-        raise RuntimeError(f"the gpu tests did not finish within {budget:.0f} s" if rc is None else
-                           f"pytest -m gpu exited with {rc}: {s.get('failed')} failed, {s.get('error')} errors")
+    if s["returncode"] != 0:
+        raise RuntimeError(f"the gpu tests did not finish within {budget:.0f} s" if s["timed_out"] else
+                           f"pytest -m gpu exited with {s['returncode']}: {s.get('failed')} failed, "
+                           f"{s.get('error')} errors")
 
 
 def section_masked_eval(check: Check, budget: float) -> None:
