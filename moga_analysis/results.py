@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write_text",
     "SavableResult",
     "load_result",
+    "json_default",
     "Column",
     "markdown_table",
     "write_table",
@@ -65,7 +66,7 @@ def save_tensors(
     tmp = _atomic_path(path)
     try:
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(data, str(tmp), metadata={_META_KEY: json.dumps(metadata, default=_json_default)})
+        save_file(data, str(tmp), metadata={_META_KEY: json.dumps(metadata, default=json_default)})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -85,7 +86,7 @@ def load_tensors(path: Union[str, os.PathLike]) -> Tuple[Dict[str, torch.Tensor]
     return tensors, json.loads(meta.get(_META_KEY, "{}"))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, (Path, torch.device, torch.dtype)):
@@ -209,7 +210,7 @@ def write_table(
         elif fmt == "md":
             text = markdown_table(rows, cols)
         elif fmt == "json":
-            text = json.dumps({"rows": list(rows), "metadata": dict(metadata or {})}, indent=2, default=_json_default)
+            text = json.dumps({"rows": list(rows), "metadata": dict(metadata or {})}, indent=2, default=json_default)
         else:
             raise ValueError(f"unknown table format {fmt!r}; choose csv, md or json")
         written.append(atomic_write_text(base.with_suffix("." + fmt), text))

@@ -10,7 +10,8 @@ A :class:`RunFolder` owns one output folder:
 * the final stacked files and tables, written by the tool.
 
 ``resume=True`` keeps finished items when the settings are the same and refuses, with a readable
-list of the differences, when they are not (settings, an item's identity, or a model's weights);
+list of the differences, when they are not (settings, an item's identity, or a model's weights),
+and refuses a folder written by a version with another layout (:data:`RUN_FORMAT`);
 ``resume=False`` starts afresh (existing items are recomputed and overwritten).
 """
 
@@ -26,6 +27,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from .results import SavableResult, atomic_write_text, load_result, load_tensors
 
 __all__ = [
+    "RUN_FORMAT",
     "RunFolder",
     "RunMismatchError",
     "SkippedItem",
@@ -38,6 +40,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _RUN_FILE = "run.json"
+#: the layout of run folders this version writes and resumes (``run.json``'s ``"format"``)
+RUN_FORMAT = 2
 
 
 class RunMismatchError(ValueError):
@@ -51,9 +55,9 @@ def safe_name(name: str) -> str:
 
 def _plain(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists, paths strings)."""
-    from .results import _json_default
+    from .results import json_default
 
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def settings_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, tuple]:
@@ -129,12 +133,17 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         saved = self.read_record(self.path)
         if resume and saved is not None:
+            if saved.get("format") != RUN_FORMAT:
+                made_by = (saved.get("environment") or {}).get("moga_analysis", "an earlier version")
+                raise RunMismatchError(f"{self.path} was made by moga_analysis {made_by}, whose run folders this "
+                                       f"version cannot resume; start a new folder")
             if saved.get("tool") != tool:
                 raise RunMismatchError(f"{self.path} holds a {saved.get('tool')!r} run, not {tool!r}")
             require_same(saved.get("settings", {}), self.settings, self.path)
             self.record = saved  # rewritten once the weights are checked: a refused resume changes nothing
         else:
-            self.record = {"tool": tool, "settings": self.settings, "weights": {}, "complete": False}
+            self.record = {"format": RUN_FORMAT, "tool": tool, "settings": self.settings, "weights": {},
+                           "complete": False}
         self.record["environment"] = environment_info()
         self.record["complete"] = False
         if saved is None or not resume:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint_files import CheckpointError, CheckpointMismatchError, read_checkpoint_file, unwrap_state_dict
-from .hub import _PACKAGE_DIR, fetch_url, file_sha256, is_url
+from .hub import PACKAGE_DIR, fetch_url, file_sha256, is_url
 
 __all__ = [
     "CheckpointError",
@@ -149,7 +149,7 @@ def locate_pretrained(
         path = Path(cfg["file"])
         if not path.is_file():
             raise CheckpointError(f"{name}: its weights file {path} does not exist; nothing was computed.")
-        shipped = path.resolve().is_relative_to(_PACKAGE_DIR)
+        shipped = path.resolve().is_relative_to(PACKAGE_DIR)
         return WeightsSource("shipped" if shipped else "file", str(path), path)
     if cfg.get("url"):
         url = str(cfg["url"])

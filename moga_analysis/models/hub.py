@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 from .checkpoint_files import CheckpointError, read_checkpoint_file, unwrap_state_dict
 
 __all__ = [
+    "PACKAGE_DIR",
     "WEIGHTS_DIR_ENV",
     "MIRROR_ENV",
     "hub_cache_dir",
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "MOGA_WEIGHTS_DIR"
 MIRROR_ENV = "MOGA_WEIGHTS_MIRROR"
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: the installed package's folder (weights shipped inside it are recorded relative to it)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _TIMEOUT_S = float(os.environ.get("MOGA_DOWNLOAD_TIMEOUT", "30"))
 _process_weights_dir: Optional[Path] = None
 
@@ -241,7 +243,7 @@ def _key(path: Path) -> Tuple[str, int, int]:
 def _remember_sha256(path: Path, sha: str) -> None:
     key = _key(path)
     _memory_hashes[key] = sha
-    if Path(key[0]).is_relative_to(_PACKAGE_DIR):
+    if Path(key[0]).is_relative_to(PACKAGE_DIR):
         return  # never write next to files of the installed package
     try:
         _sidecar(path).write_text(f"{sha} {key[1]} {key[2]}\n")

