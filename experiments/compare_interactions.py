@@ -34,9 +34,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"--reference {ref!r} is not among {names}")
     r0 = stack[ref]
     n, orders, s = r0.n_players, r0.orders, r0.settings
+    # results saved before the estimator objects name contexts and method at the top level
+    est = s.get("estimator") or {"contexts": s.get("contexts"), "sharing": s.get("method")}
+    how = (f"{est['contexts']} contexts ({est['sharing']})" if "contexts" in est
+           else f"a precision target {est['target_noise']}")
     lines = [
-        f"Settings: {r0.values.shape[0]} images, grid {s['grid']} (n = {n}), {s['pairs']} pairs, {s['contexts']} "
-        f"contexts ({s['method']}), baseline {s['baseline']}, {s['output']}, seed {s['seed']}.",
+        f"Settings: {r0.values.shape[0]} images, grid {s['grid']} (n = {n}), {s['pairs']} pairs, {how}, "
+        f"baseline {s['baseline']}, {s['output']}, seed {s['seed']}.",
         "",
         "J^(m) (normalised over the evaluated orders), columns m/(n-2):",
         "",
