@@ -146,6 +146,12 @@ def ablation(**kw):
                  **kw)
 
 
+def interactions(**kw):
+    from moga_analysis.interactions import InteractionSettings, compute_interactions
+    compute_interactions("moganet_xtiny", sample_image_paths()[:1], InteractionSettings.efficient(
+        contexts=2, grid=2, pairs=1, image_size=32), random_weights=True, device="cpu", progress=False, **kw)
+
+
 pipelines, kw = sys.argv[1].split(","), json.loads(sys.argv[2])
 states = []
 for name in pipelines:
@@ -165,7 +171,7 @@ def _pipelines_in_a_fresh_process(pipelines, env_extra=None, **kw):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
-@pytest.mark.parametrize("pipeline", ["cams", "erfs", "ablation"])
+@pytest.mark.parametrize("pipeline", ["cams", "erfs", "ablation", "interactions"])
 def test_each_pipeline_sets_the_fast_path_once(pipeline):
     """A plain script gets the allocator settings from the pipeline itself, applied once."""
     r = _pipelines_in_a_fresh_process([pipeline, pipeline])
@@ -174,14 +180,14 @@ def test_each_pipeline_sets_the_fast_path_once(pipeline):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
 def test_pipelines_respect_the_keyword_opt_out():
-    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation"], fast_path=False)
-    assert r == {"states": ["default"] * 3, "tune_calls": 0}
+    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation", "interactions"], fast_path=False)
+    assert r == {"states": ["default"] * 4, "tune_calls": 0}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
 def test_pipelines_respect_the_environment_opt_out():
-    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation"], {"MOGA_ANALYSIS_FAST_PATH": "0"})
-    assert r == {"states": ["default"] * 3, "tune_calls": 0}
+    r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation", "interactions"], {"MOGA_ANALYSIS_FAST_PATH": "0"})
+    assert r == {"states": ["default"] * 4, "tune_calls": 0}
 
 
 def test_fast_path_is_idempotent_and_leaves_an_environment_start_alone(monkeypatch):
