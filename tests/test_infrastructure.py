@@ -126,3 +126,22 @@ def test_shipped_examples_follow_the_model():
     items = shipped_examples(photo_model, 4)
     assert [y for _, y in items] == [SAMPLE_LABELS[p.stem] for p in sample_image_paths()[:4]]
     assert items[0][0].shape == (3, 224, 224)
+
+
+def test_run_folder_of_another_format_is_refused(tmp_path):
+    """A run folder written by a version with another layout is refused in one sentence naming
+    that version; one of this format resumes."""
+    import json
+
+    from moga_analysis.runs import RUN_FORMAT, RunFolder, RunMismatchError
+
+    RunFolder(tmp_path / "now", "interactions", {"grid": 4})
+    assert json.loads((tmp_path / "now" / "run.json").read_text())["format"] == RUN_FORMAT
+    RunFolder(tmp_path / "now", "interactions", {"grid": 4}, resume=True)  # same format: resumes
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_text(json.dumps({"tool": "interactions", "settings": {"grid": 4},
+                                              "environment": {"moga_analysis": "0.1.0"}}))
+    with pytest.raises(RunMismatchError, match=r"made by moga_analysis 0\.1\.0.*start a new folder"):
+        RunFolder(old, "interactions", {"grid": 4}, resume=True)
+    RunFolder(old, "interactions", {"grid": 4}, resume=False)  # starting afresh is fine

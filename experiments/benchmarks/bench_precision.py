@@ -2,9 +2,9 @@
 
 For each model, dtype and image it runs
 
-* (c) ``estimate_adaptive`` with ``--target-noise TAU`` (noise floor / mean |I^(m)| per order);
-* (a) the reference protocol, ``estimate_interactions(method="independent")``, and (b) shared
-  contexts, ``method="shared"``, both with the uniform number of contexts k_u that reaches the
+* (c) ``PrecisionTarget(TAU)`` (``--target-noise``: noise floor / mean |I^(m)| per order);
+* (a) the reference protocol, ``FixedContexts(k_u, "independent")``, and (b) shared contexts,
+  ``FixedContexts(k_u, "shared")``, both with the uniform number of contexts k_u that reaches the
   worst-order noise ratio that (c) reached: k_u = max over orders of
   (sqrt(2/pi) mean_p sigma_p / (w * mean |I|))^2, with the per-sample sigma_p and mean |I| of
   each order measured by (c) (an oracle: (a) is given the contexts it needs without a pilot);
@@ -21,8 +21,8 @@ evaluations, seconds, the worst-order noise ratio reached, the ratios against (a
 evaluations scaled to equal worst-order precision (evaluations * (worst / w)^2; the noise floor
 falls as 1/sqrt(contexts)).
 
-    python experiments/benchmarks/bench_adaptive.py --reference-git-dir /path/to/A2MIM/.git
-    python experiments/benchmarks/bench_adaptive.py --quick          # < 1 min, the test's smoke run
+    python experiments/benchmarks/bench_precision.py --reference-git-dir /path/to/A2MIM/.git
+    python experiments/benchmarks/bench_precision.py --quick          # < 1 min, the test's smoke run
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-SQRT_2_PI = math.sqrt(2 / math.pi)
+from moga_analysis.interactions import noise_floor
 
 #: per model: (grid, images source)
 MODELS = {"tf_efficientnet_lite0.pypi": 14, "moganet_xtiny.fmnist_64": 8}
@@ -54,14 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1, help="images per model")
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--target-noise", type=float, default=0.25)
-    p.add_argument("--allocation", default="orders+pairs", choices=["orders", "orders+pairs"])
-    p.add_argument("--pilot-contexts", type=int, default=8)
-    p.add_argument("--pilot", default="weighted", choices=["weighted", "discard", "reuse"],
-                   help="estimate_adaptive's pilot mode (default: the library's, weighted)")
-    p.add_argument("--top-up", action=argparse.BooleanOptionalAction, default=True,
-                   help="estimate_adaptive's top-up of the main stage's halves (default: on, the library's)")
     p.add_argument("--min-contexts", type=int, default=8)
-    p.add_argument("--max-contexts", type=int, default=1024)
+    p.add_argument("--max-contexts", type=int, default=4096)
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last", "auto"])
     p.add_argument("--batch-size", type=int, default=128, help="masked images per forward pass (all methods)")
@@ -194,7 +188,7 @@ def uniform_need(res, w: float) -> int:
         counts = torch.tensor(res.metadata["effective_samples"], dtype=torch.float64)
     sigma = res.stderr * counts.double().sqrt()
     inner = res.stderr.sum(1) > 0
-    need = (SQRT_2_PI * sigma.mean(1) / (w * res.mean_abs())) ** 2
+    need = (noise_floor(sigma) / (w * res.mean_abs())) ** 2
     return max(2, int(math.ceil(float(need[inner].max()))))
 
 
@@ -205,7 +199,7 @@ def ratio_of_samples(deltas):
         if d.shape[1] < 2:
             continue
         se = d.std(1) / math.sqrt(d.shape[1])
-        floor, signal = SQRT_2_PI * float(se.mean()), float(d.mean(1).abs().mean())
+        floor, signal = float(noise_floor(se)), float(d.mean(1).abs().mean())
         if floor > 0:
             out = max(out, floor / signal)
     return out
@@ -218,26 +212,27 @@ def _note(text: str) -> None:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import moga_analysis  # noqa: F401
-    from moga_analysis.data import load_images, load_model, sample_image_paths
-    from moga_analysis.games import ImageMaskingGame
+    from moga_analysis.data import load_images, sample_image_paths
     from moga_analysis.interactions import (
         REFERENCE_RATIOS,
-        estimate_adaptive,
-        estimate_interactions,
+        FixedContexts,
+        ImageMaskingGame,
+        PrecisionTarget,
         orders_from_ratios,
         reference_pairs,
     )
+    from moga_analysis.models.loading import load_model
     from moga_analysis.runtime import environment_info, prepare_model, tune_malloc
 
     if args.quick:
         args.models, args.grid, args.pairs, args.images = ["moganet_xtiny.fmnist_64"], [4], 3, 1
-        args.target_noise, args.pilot_contexts, args.max_contexts, args.batch_size = 0.8, 3, 12, 64
+        args.target_noise, args.min_contexts, args.max_contexts, args.batch_size = 0.8, 4, 12, 64
         args.ratios, args.reference_orders = [0.0, 0.3, 0.6, 1.0], args.reference_orders or 2
         args.dtypes = ["float32"]
     torch.set_num_threads(args.threads)
     tune_malloc()
     grids = args.grid or [MODELS.get(m, 14) for m in args.models]
-    scratch = tempfile.TemporaryDirectory(prefix="bench_adaptive_")
+    scratch = tempfile.TemporaryDirectory(prefix="bench_precision_")
     ref, ref_note = (None, "not run: pass --reference-git-dir (the search tool's fetch of github:Westlake-AI/A2MIM)")
     if args.reference_git_dir:
         ref, ref_note = load_reference(args.reference_git_dir, Path(scratch.name))
@@ -272,26 +267,25 @@ def main(argv=None):
                 k_u = None
                 for rep in range(args.reps):
                     t0 = time.perf_counter()
-                    res["c"] = estimate_adaptive(ImageMaskingGame(model, image, target=target, **game_kw), n, pairs,
-                                                 orders, target_noise=args.target_noise, seed=seed,
-                                                 allocation=args.allocation, pilot_contexts=args.pilot_contexts,
-                                                 pilot=args.pilot, top_up=args.top_up,
-                                                 min_contexts=args.min_contexts, max_contexts=args.max_contexts)
+                    est = PrecisionTarget(args.target_noise, min_contexts=args.min_contexts,
+                                          max_contexts=args.max_contexts)
+                    res["c"] = est.estimate(ImageMaskingGame(model, image, target=target, **game_kw), n, pairs,
+                                            orders, seed=seed)
                     times["c"].append(time.perf_counter() - t0)
-                    _note(f"(c) adaptive: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "
+                    _note(f"(c) precision target: {res['c'].n_evaluations} evaluations, {times['c'][-1]:.1f} s, worst "
                           f"{worst_ratio(res['c']):.3f}, contexts {res['c'].metadata['contexts_per_order']}")
                     if k_u is None:
                         k_u = uniform_need(res["c"], worst_ratio(res["c"]))
                     if args.no_uniform and rep == 0:  # counted with a game that costs nothing, not run
                         zero = lambda masks: torch.zeros(masks.shape[0], dtype=torch.float64)
                         for key, method in (("a", "independent"), ("b", "shared")):
-                            res[key] = estimate_interactions(zero, n, pairs, orders, k_u, method=method, seed=seed)
+                            res[key] = FixedContexts(k_u, method).estimate(zero, n, pairs, orders, seed=seed)
                             times[key].append(float("nan"))
                     if not args.no_uniform:
                         for key, method in (("a", "independent"), ("b", "shared")):
                             t0 = time.perf_counter()
-                            res[key] = estimate_interactions(ImageMaskingGame(model, image, target=target, **game_kw),
-                                                             n, pairs, orders, k_u, method=method, seed=seed)
+                            res[key] = FixedContexts(k_u, method).estimate(
+                                ImageMaskingGame(model, image, target=target, **game_kw), n, pairs, orders, seed=seed)
                             times[key].append(time.perf_counter() - t0)
                             _note(f"({key}) {method} x {k_u}: {res[key].n_evaluations} evaluations, "
                                   f"{times[key][-1]:.1f} s, worst {worst_ratio(res[key]):.3f}")
@@ -315,7 +309,7 @@ def main(argv=None):
                 w = worst_ratio(res["c"])
                 ref_a = None
                 for key, label_ in (("a", "(a) reference protocol: independent, uniform"),
-                                    ("b", "(b) shared, uniform"), ("c", "(c) adaptive, shared"),
+                                    ("b", "(b) shared, uniform"), ("c", "(c) precision target, shared"),
                                     ("ref", "public reference code (A2MIM)")):
                     if key not in res or res[key] is None or not times[key]:
                         continue
@@ -332,7 +326,7 @@ def main(argv=None):
                             label_ += " [counted, not run]"
                         ctx = (f"{k_u}" if key != "c" else
                                f"{min(r.metadata['contexts_per_order'][1:-1]):.0f}-"
-                               f"{max(r.metadata['contexts_per_order'][1:-1]):.0f} (pilot {args.pilot_contexts})")
+                               f"{max(r.metadata['contexts_per_order'][1:-1]):.0f}")
                     sec = statistics.median(times[key])
                     if key == "a":
                         ref_a = (evals, sec, worst)
@@ -347,8 +341,7 @@ def main(argv=None):
 def _print(rows, args, ref_note, environment_info):
     env = environment_info()
     print(f"torch {env.get('torch')}, {env.get('device', 'cpu')}, {args.threads} threads, batch {args.batch_size}, "
-          f"memory format {args.memory_format}, reps {args.reps} (medians); adaptive: pilot {args.pilot}, "
-          f"{'top-up' if args.top_up else 'no top-up'}")
+          f"memory format {args.memory_format}, reps {args.reps} (medians)")
     print()
     print("| run | method | contexts / pair | evaluations | seconds | worst noise ratio | evaluations at equal worst "
           "| (a) / this: evaluations | (a) / this: seconds | (a) / this: at equal worst |")
@@ -363,7 +356,7 @@ def _print(rows, args, ref_note, environment_info):
     print()
     missed = [(r["tag"], r["missed"]) for r in rows if r["missed"]]
     for tag, m in missed:
-        print(f"adaptive missed the target at orders {m} ({tag})")
+        print(f"the precision target was missed at orders {m} ({tag})")
     print(f"reference code: {ref_note}")
 
 
