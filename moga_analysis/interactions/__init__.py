@@ -6,6 +6,7 @@
 * :mod:`.estimators`: the estimators (:class:`FixedContexts`, :class:`PrecisionTarget`, exact
   enumeration) and their :class:`InteractionResult`; :mod:`.precision`: the precision target's method;
 * :mod:`.strength`: J^(m), bootstrap bands, paired band differences;
+* :mod:`.interop`: shapiq both ways (:func:`to_shapiq_game`, :func:`from_shapiq_game`);
 * :mod:`.maps`: per-cell maps of I^(m) by band of orders (:mod:`.map_plot` draws them);
 * :mod:`.pipeline`: settings, the plan and the computation over models x images that the CLI,
   the notebooks and the figures share; :mod:`.plot`: figures from saved results;
@@ -23,6 +24,7 @@ from .estimators import (
     exact_interactions,
 )
 from .games import BASELINES, OUTPUTS, HarsanyiGame, ImageMaskingGame
+from .interop import from_shapiq_game, to_shapiq_game
 from .maps import InteractionMaps, MapDifference, map_difference, maps_from_result
 from .pipeline import (
     InteractionPlan,
@@ -64,6 +66,7 @@ __all__ = [
     "compute_interactions",
     "estimate_interactions",
     "exact_interactions",
+    "from_shapiq_game",
     "image_interactions",
     "main",
     "map_difference",
@@ -77,6 +80,7 @@ __all__ = [
     "reference_pairs",
     "relative_strength",
     "strength_per_image",
+    "to_shapiq_game",
 ]
 
 main, build_parser = entry_points(__name__)
