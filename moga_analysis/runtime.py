@@ -64,7 +64,8 @@ def analysis_device(device: Union[str, torch.device, None] = "auto", world: int 
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        torch.cuda.set_device(dev)
+        if dev.index is not None:  # set_device needs an index ("cuda" alone is the current device)
+            torch.cuda.set_device(dev)
     return dev
 
 

@@ -145,3 +145,17 @@ def test_run_folder_of_another_format_is_refused(tmp_path):
     with pytest.raises(RunMismatchError, match=r"made by moga_analysis 0\.1\.0.*start a new folder"):
         RunFolder(old, "interactions", {"grid": 4}, resume=True)
     RunFolder(old, "interactions", {"grid": 4}, resume=False)  # starting afresh is fine
+
+
+def test_analysis_device_without_an_index_does_not_set_the_device(monkeypatch):
+    """``"cuda"`` without an index is the current GPU: torch.cuda.set_device refuses a device
+    without an index, so analysis_device must not pass it one (simulated: no GPU here)."""
+    from moga_analysis import runtime
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    assert runtime.analysis_device("cuda") == torch.device("cuda") and calls == []
+    assert runtime.analysis_device("cuda:1") == torch.device("cuda", 1) and calls == [torch.device("cuda", 1)]
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert runtime.analysis_device("cuda", world=4) == torch.device("cuda", 3)
