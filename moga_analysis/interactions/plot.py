@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from ..plotting.style import styled
-from .strength import _normaliser, bootstrap_relative_strength
+from .strength import bootstrap_relative_strength, strength_normaliser
 
 __all__ = ["plot_relative_strength", "curves_of"]
 
@@ -72,7 +72,7 @@ def plot_relative_strength(
             ax.fill_between(x, lo.numpy(), hi.numpy(), color=line.get_color(), alpha=0.2, linewidth=0)
         if show_noise and c.get("noise_floor") is not None:
             floor = torch.as_tensor(c["noise_floor"], dtype=torch.float64).mean(0)
-            scale = _normaliser(per_image.mean(0), orders, n, normalization)[0]
+            scale = strength_normaliser(per_image.mean(0), orders, n, normalization)[0]
             ax.plot(x, (floor / scale).numpy(), color=line.get_color(), linewidth=0.7, linestyle=":")
             target = c.get("target_noise")
             ratio = floor / per_image.mean(0).clamp_min(1e-300)

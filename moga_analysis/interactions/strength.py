@@ -16,6 +16,7 @@ __all__ = [
     "strength_per_image",
     "bootstrap_relative_strength",
     "paired_band_difference",
+    "strength_normaliser",
     "ORDER_BANDS",
 ]
 
@@ -48,9 +49,12 @@ def strength_per_image(source, statistic: str = "mean_abs") -> torch.Tensor:
     raise ValueError(f"unknown statistic {statistic!r}; choose 'mean_abs' or 'rms_unbiased'")
 
 
-def _normaliser(
+def strength_normaliser(
     curve: torch.Tensor, orders: Optional[torch.Tensor], n_players: Optional[int], normalization: str
 ) -> torch.Tensor:
+    """The divisor of J^(m) for mean |I| curves ``[..., n_orders]``, ``[..., 1]``: their mean over the
+    evaluated orders (``"evaluated"``), or over all orders 0..n-2 (``"all"``, trapezoidal between the
+    evaluated ones, which must include 0 and n - 2)."""
     if normalization == "evaluated":
         return curve.mean(-1, keepdim=True)
     if normalization == "all":
@@ -89,7 +93,7 @@ def relative_strength(
     orders = orders if orders is not None else o
     n_players = n_players if n_players is not None else n
     curve = strength_per_image(source, statistic).mean(0)
-    return curve / _normaliser(curve, orders, n_players, normalization)[..., 0]
+    return curve / strength_normaliser(curve, orders, n_players, normalization)[..., 0]
 
 
 def _resample(n_images: int, n_boot: int, seed: int) -> torch.Tensor:
@@ -118,9 +122,9 @@ def bootstrap_relative_strength(
     per_image = torch.as_tensor(per_image, dtype=torch.float64)
     X = per_image.shape[0]
     curve = per_image.mean(0)
-    J = curve / _normaliser(curve, orders, n_players, normalization)[0]
+    J = curve / strength_normaliser(curve, orders, n_players, normalization)[0]
     curves = per_image[_resample(X, n_boot, seed)].mean(1)  # [B, O]
-    lo, hi = _percentile_interval(curves / _normaliser(curves, orders, n_players, normalization), level)
+    lo, hi = _percentile_interval(curves / strength_normaliser(curves, orders, n_players, normalization), level)
     return J, lo, hi
 
 
