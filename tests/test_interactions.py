@@ -169,6 +169,47 @@ def test_seed_reproducible_and_seed_sensitive(big_game):
     assert not torch.equal(a.values, c.values)
 
 
+def test_function_form_is_the_fixed_contexts_estimator(big_game):
+    """estimate_interactions(..., n_contexts, method=...) is FixedContexts(n_contexts, method).estimate:
+    the same numbers, evaluations and method name; it takes no progress argument any more."""
+    from moga_analysis.interactions import FixedContexts
+
+    g, n, pairs, orders, _ = big_game
+    for method in ("shared", "independent"):
+        a = estimate_interactions(g, n, pairs, orders[:4], 6, method=method, seed=5)
+        b = FixedContexts(6, method).estimate(g, n, pairs, orders[:4], seed=5)
+        assert torch.equal(a.values, b.values) and torch.equal(a.stderr, b.stderr)
+        assert a.n_evaluations == b.n_evaluations == FixedContexts(6, method).planned_evaluations(
+            n, pairs, orders[:4], seed=5)
+        assert a.method == b.method == method and a.seed == 5
+    with pytest.raises(TypeError):
+        estimate_interactions(g, n, pairs, orders[:4], 6, progress=True)
+
+
+def test_settings_presets_hold_one_estimator():
+    """The presets' estimators, the fingerprint's estimator dict, and settings rebuilt from it."""
+    from moga_analysis.interactions import FixedContexts, InteractionSettings, PrecisionTarget
+
+    ref, eff = InteractionSettings.reference(), InteractionSettings.efficient(contexts=20, grid=8)
+    assert ref.estimator == FixedContexts(50, "independent") and ref.protocol == "reference" and ref.grid == 14
+    assert eff.estimator == FixedContexts(20, "shared") and eff.grid == 8 and eff.target_noise is None
+    pre = InteractionSettings.precise(0.2, max_evaluations=5000, pairs=10)
+    assert pre.estimator == PrecisionTarget(0.2, 5000) and pre.target_noise == 0.2 and pre.pairs == 10
+    maps = InteractionSettings.maps()
+    assert maps.pair_rule == "map" and maps.grid == 8 and maps.estimator == FixedContexts(16, "shared")
+    fp = pre.fingerprint()
+    assert fp["estimator"] == {"estimator": "precision_target", "target_noise": 0.2, "max_evaluations": 5000,
+                               "min_contexts": 8, "max_contexts": 4096}  # fmt: skip
+    for s in (ref, eff, pre, maps):
+        again = InteractionSettings(**{**s.fingerprint(), "ratios": tuple(s.ratios)})
+        assert again == s
+    for gone in ("method", "contexts", "pilot", "top_up", "pilot_contexts", "min_contexts"):
+        with pytest.raises(TypeError):
+            InteractionSettings(**{gone: 1})
+    with pytest.raises(TypeError, match="estimator"):
+        InteractionSettings(estimator="shared")
+
+
 def test_nan_game_is_an_error():
     game = lambda masks: torch.where(masks.sum(1) > 3, torch.nan, 0.0).double()
     with pytest.raises(ValueError, match="non-finite"):

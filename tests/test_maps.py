@@ -7,12 +7,15 @@ import torch
 from torch import nn
 
 from moga_analysis.interactions import (
+    FixedContexts,
     HarsanyiGame,
+    ImageMaskingGame,
     InteractionMaps,
+    InteractionSettings,
     MapDifference,
+    compute_interactions,
     estimate_interactions,
     exact_interactions,
-    interaction_maps,
     map_difference,
     map_pairs,
     maps_from_result,
@@ -243,15 +246,24 @@ class _TinyNet(nn.Module):
         return self.head(h.flatten(1))
 
 
+def _map_settings(**kw):
+    return InteractionSettings.maps(**{"grid": 4, "contexts": 4, "ratios": (0.1, 0.5, 0.9), **kw})
+
+
+def _run_maps(models, images, settings=None, labels=(1, None)):
+    """``stack.maps`` of the pipeline's map run (the only way to maps of models on images)."""
+    stack = compute_interactions(models, images, settings or _map_settings(),
+                                 labels=None if labels is None else list(labels), batch_size=256, progress=False)
+    return stack.maps
+
+
 @pytest.fixture(scope="module")
 def tiny_maps():
     torch.manual_seed(0)
     images = torch.randn(2, 3, 16, 16)
-    kw = dict(grid=4, n_contexts=4, ratios=(0.1, 0.5, 0.9), batch_size=256, image_ids=["a", "b"])
-    m1 = interaction_maps(_TinyNet(0).eval(), images, targets=[1, None], model_name="net1", **kw)
-    m1_again = interaction_maps(_TinyNet(0).eval(), images, targets=[1, None], model_name="net1", **kw)
-    m2 = interaction_maps(_TinyNet(1).eval(), images, targets=[1, None], model_name="net2", **kw)
-    return images, m1, m1_again, m2
+    both = _run_maps({"net1": _TinyNet(0).eval(), "net2": _TinyNet(1).eval()}, images)
+    m1_again = _run_maps({"net1": _TinyNet(0).eval()}, images)["net1"]
+    return images, both["net1"], m1_again, both["net2"]
 
 
 def test_interaction_maps_end_to_end(tiny_maps):
@@ -261,33 +273,64 @@ def test_interaction_maps_end_to_end(tiny_maps):
     assert m1.orders.tolist() == [1, 7, 12] and m1.band_orders == {"low": [1], "middle": [7], "high": [12]}
     assert m1.targets[0] == 1 and m1.model == "net1" and m1.method == "shared" and m1.n_contexts == 4
     assert (m1.n_evaluations > 0).all()
-    assert m1.metadata["settings"]["grid"] == 4 and m1.metadata["image_ids"] == ["a", "b"]
-    torch.testing.assert_close(m1.mean_abs, m1_again.mean_abs, rtol=0, atol=0)  # seeded
+    assert m1.metadata["settings"]["grid"] == 4 and m1.metadata["image_ids"] == ["tensor[0]", "tensor[1]"]
+    assert m1.metadata["image_indices"] == [0, 1]
     assert torch.isfinite(m1.mean_abs).all() and (m1.noise_floor > 0).all()
-    # the counted evaluations are the game's
-    from moga_analysis.interactions import ImageMaskingGame
-
+    # the counted evaluations are the game's, and the values the estimator's with the image's seed
     game = ImageMaskingGame(_TinyNet(0).eval(), images[0], 1, grid=4, batch_size=256)
-    res = estimate_interactions(game, 16, map_pairs(4), [1, 7, 12], 4, seed=int(m1.seeds[0]), batch_size=256)
+    res = FixedContexts(4, "shared").estimate(game, 16, map_pairs(4), [1, 7, 12], seed=int(m1.seeds[0]),
+                                              batch_size=256)  # fmt: skip
     assert int(m1.n_evaluations[0]) == res.n_evaluations == game.n_evaluations
     torch.testing.assert_close(m1.pair_values[0], res.values)
-    # one image at a time, stacked, is the same run
-    one = interaction_maps(_TinyNet(0).eval(), images[1:], targets=[None], grid=4, n_contexts=4,
-                           ratios=(0.1, 0.5, 0.9), model_name="net1", image_indices=[1])  # fmt: skip
-    torch.testing.assert_close(one.mean_abs[0], m1.mean_abs[1], rtol=0, atol=0)
+    torch.testing.assert_close(m1.mean_abs[0], maps_from_result(res, 4).mean_abs[0])
+    # one image at a time (its index kept), stacked, is the same run
+    from moga_analysis.data import image_set
+
+    one = _run_maps({"net1": _TinyNet(0).eval()}, image_set(images, labels=[1, None]).subset([1]), labels=None)
+    assert one["net1"].metadata["image_indices"] == [1]
+    torch.testing.assert_close(one["net1"].mean_abs[0], m1.mean_abs[1], rtol=0, atol=0)
 
 
-def test_interaction_maps_exact_agrees_with_exact_interactions():
+def test_same_seed_gives_the_same_maps(tiny_maps):
+    """Two compute_interactions calls with the same settings and seed: bit-identical maps; another
+    seed draws other contexts."""
+    images, m1, m1_again, _ = tiny_maps
+    for f in ("mean_abs", "signed", "noise_floor", "mean_square_unbiased", "pair_values", "pair_stderr",
+              "pair_half_values", "seeds", "n_evaluations", "targets"):  # fmt: skip
+        assert torch.equal(getattr(m1, f), getattr(m1_again, f)), f
+    other = _run_maps({"net1": _TinyNet(0).eval()}, images, _map_settings(seed=5))["net1"]
+    assert not torch.equal(other.seeds, m1.seeds) and not torch.equal(other.pair_values, m1.pair_values)
+
+
+def test_exact_maps_of_an_image_game_agree_with_the_sampled_pipeline():
+    """Maps by exact enumeration (exact_interactions + maps_from_result) on a real network's game:
+    exact (floor 0, 2^n evaluations, no seed), and the pipeline's sampled maps of the same game
+    agree with them within their stderr bound."""
     torch.manual_seed(0)
-    from moga_analysis.interactions import ImageMaskingGame
-
     net, img = _TinyNet(0).eval(), torch.randn(3, 9, 9)
-    m = interaction_maps(net, img, grid=3, method="exact", bands=BANDS4, orders=range(8), batch_size=512)
-    assert m.n_evaluations.tolist() == [2**9] and (m.noise_floor == 0).all() and m.seeds.tolist() == [-1]
-    res = exact_interactions(ImageMaskingGame(net, img, grid=3), 9, map_pairs(3), list(range(8)))
-    torch.testing.assert_close(m.mean_abs, maps_from_result(res, 3, BANDS4).mean_abs, rtol=0, atol=1e-9)
-    with pytest.raises(ValueError, match="grid"):
-        interaction_maps(net, torch.randn(3, 10, 10), grid=3, method="exact", bands=BANDS4, orders=range(8))
+    settings = InteractionSettings.maps(grid=3, contexts=24, ratios=(0.0, 0.15, 0.3, 0.45, 0.6, 0.72, 0.86))
+    assert settings.orders == list(range(7))
+    game = ImageMaskingGame(net, img, grid=3, batch_size=512)
+    res = exact_interactions(game, 9, map_pairs(3), settings.orders, batch_size=512)
+    exact = maps_from_result(res, 3, model="net", target=game.target)
+    assert res.n_evaluations == 2**9 == game.n_evaluations and exact.n_evaluations.tolist() == [2**9]
+    assert (exact.noise_floor == 0).all() and exact.seeds.tolist() == [-1] and exact.n_contexts == 0
+    assert exact.band_orders == {"low": [0, 1], "middle": [2, 3, 4], "high": [4, 5, 6]}
+    # the maps average the exact values over each cell's pairs and the band's orders
+    by_hand = torch.zeros(3, 3, 3, dtype=torch.float64)
+    for b, idx in enumerate(exact.band_orders.values()):
+        for c in range(9):
+            mine = [p for p, (i, j) in enumerate(map_pairs(3).tolist()) if c in (i, j)]
+            by_hand[b, c // 3, c % 3] = res.values[idx][:, mine].abs().mean()
+    torch.testing.assert_close(exact.mean_abs[0], by_hand, rtol=0, atol=1e-12)
+
+    sampled = _run_maps({"net": net}, img[None], settings, labels=[game.target])["net"]
+    assert sampled.targets.tolist() == [game.target] and (sampled.noise_floor > 0).any()
+    bound = sampled.signed_stderr_bound()[0]
+    assert ((sampled.signed[0] - exact.signed[0]).abs() <= 4 * bound + 1e-5).all()
+    torch.testing.assert_close(sampled.mean_abs[0], exact.mean_abs[0], rtol=0, atol=float(4 * bound.max()) + 1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        _run_maps({"net": net}, torch.randn(1, 3, 10, 10), settings, labels=[None])
 
 
 def test_save_load_round_trip(tiny_maps, tmp_path):
@@ -310,7 +353,7 @@ def test_stack_select_and_rebanding(tiny_maps):
     _, m1, _, m2 = tiny_maps
     st = InteractionMaps.stack([m1.select(0), m1.select([1])])
     torch.testing.assert_close(st.mean_abs, m1.mean_abs, rtol=0, atol=0)
-    assert st.metadata["image_ids"] == ["a", "b"]
+    assert st.metadata["image_ids"] == ["tensor[0]", "tensor[1]"]
     with pytest.raises(ValueError, match="model"):
         InteractionMaps.stack([m1, m2])
     rb = m1.with_bands({"all": (0.0, 1.0)})
@@ -335,8 +378,7 @@ def test_paired_difference(tiny_maps):
     # not the same design: refused
     with pytest.raises(ValueError, match="images"):
         map_difference(m1, m2.select(0))
-    other_seed = interaction_maps(_TinyNet(1).eval(), torch.randn(2, 3, 16, 16), grid=4, n_contexts=4,
-                                  ratios=(0.1, 0.5, 0.9), seed=5, model_name="net2")  # fmt: skip
+    other_seed = _run_maps({"net2": _TinyNet(1).eval()}, torch.randn(2, 3, 16, 16), _map_settings(seed=5))["net2"]
     with pytest.raises(ValueError, match="seed"):
         map_difference(m1, other_seed)
 

@@ -340,3 +340,43 @@ def test_map_runs_through_the_pipeline(tiny_nets, tmp_path):
     torch.testing.assert_close(d.diff, (back.maps["nogate"].mean_abs - maps.mean_abs).mean(0))
     with pytest.raises(ValueError, match="no maps"):
         InteractionStack(list(back.values())).map_difference("full", "nogate")
+
+
+def test_compute_interactions_logs_the_plan_before_computing(tiny_nets, caplog):
+    """The plan line (evaluations per image, exactly for fixed contexts, and the expected time) is
+    logged before the first image is computed: every game evaluation the results count comes after it."""
+    import logging
+
+    from moga_analysis.interactions import InteractionSettings, compute_interactions
+
+    events = []  # ("plan", text) and ("forward", rows) in the order they happen
+
+    class _Recorder(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("plan:"):
+                events.append(("plan", record.getMessage()))
+
+    net = tiny_nets["full"]
+    hook = net.register_forward_hook(lambda mod, args, out: events.append(("forward", int(args[0].shape[0]))))
+    recorder = _Recorder(level=logging.INFO)
+    logger = logging.getLogger("moga_analysis.interactions.pipeline")
+    logger.addHandler(recorder)
+    settings = InteractionSettings.efficient(grid=4, pairs=3, contexts=3, ratios=(0, 0.5, 1))
+    try:
+        with caplog.at_level(logging.INFO, logger="moga_analysis.interactions.pipeline"):
+            stack = compute_interactions({"full": net}, torch.randn(2, 3, 32, 32), settings, labels=[1, 2],
+                                         batch_size=32, progress=False)
+    finally:
+        hook.remove()
+        logger.removeHandler(recorder)
+    plans = [i for i, (kind, _) in enumerate(events) if kind == "plan"]
+    assert len(plans) == 1, events
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan:")]
+    total = stack["full"].n_evaluations  # the game evaluations of both images
+    assert f"1 model(s) x 2 image(s), exactly {round(total / 2):,} evaluations per image" in line
+    assert "expected time" in line and "per evaluation on cpu" in line
+    before = sum(n for kind, n in events[: plans[0]] if kind == "forward")
+    after = sum(n for kind, n in events[plans[0]:] if kind == "forward")
+    # after the line: every counted evaluation, plus each image game's one unmasked pass (its class check)
+    assert after == total + 2
+    assert 0 < before <= 1 + 4 + 32  # before it only the timing: a class check, a warm-up call, one batch
