@@ -259,13 +259,13 @@ def image_set(
     class per image (-1 or None: the predicted class), overriding those found.  ``require_labels``: an error when no
     image has a label (an ImageNet validation folder without its labels).
     """
-    tensors = None
+    tensors, indices = None, None
     if labels_format != "auto" and labels_file is None:
         raise ValueError(f"labels format {labels_format!r} given without a labels file (--labels FILE)")
     if isinstance(images, ImageSet):
         if labels is None and num_images is None:
             return images
-        names, found, tensors = images.names, images.labels, images.tensors
+        names, found, tensors, indices = images.names, images.labels, images.tensors, images.indices
     elif images is None:
         paths = sample_image_paths()
         names = [str(p) for p in paths]
@@ -294,7 +294,7 @@ def image_set(
         found = labels
     if require_labels and all(lb < 0 for lb in found):
         raise ValueError(f"no labels found for the images in {images}: use synset sub-folders or pass a labels file")
-    return ImageSet(names, found, tensors).subset(choose_subset(len(names), num_images, seed))
+    return ImageSet(names, found, tensors, indices).subset(choose_subset(len(names), num_images, seed))
 
 
 def data_config_for(model: nn.Module, size: Optional[int] = None) -> dict:

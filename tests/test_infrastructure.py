@@ -159,3 +159,12 @@ def test_analysis_device_without_an_index_does_not_set_the_device(monkeypatch):
     assert runtime.analysis_device("cuda:1") == torch.device("cuda", 1) and calls == [torch.device("cuda", 1)]
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert runtime.analysis_device("cuda", world=4) == torch.device("cuda", 3)
+
+
+def test_image_set_keeps_a_subsets_indices_when_labels_are_given():
+    """An ImageSet subset passed again with labels keeps its images' positions in the full
+    collection (the interactions pipeline seeds each image by that index)."""
+    full = data.image_set(torch.zeros(5, 3, 8, 8))
+    part = full.subset([1, 3])
+    again = data.image_set(part, labels=[2, None])
+    assert again.indices == [1, 3] and again.labels == [2, -1]

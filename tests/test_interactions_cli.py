@@ -327,3 +327,15 @@ def test_dry_run_of_a_precision_target_is_a_projection(tmp_path):
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["exact"] is False and plan["evaluations_per_image"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+def test_target_noise_with_a_fixed_protocol_is_refused():
+    from moga_analysis.interactions.cli import build_parser, settings_from_args
+
+    for protocol in ("maps", "efficient", "reference"):
+        args = build_parser().parse_args(["--protocol", protocol, "--target-noise", "0.2"])
+        with pytest.raises(ValueError, match="precision target"):
+            settings_from_args(args)
+    args = build_parser().parse_args(["--target-noise", "0.2"])
+    assert settings_from_args(args).estimator.target_noise == 0.2
+    assert settings_from_args(build_parser().parse_args([])).protocol == "reference"

@@ -270,7 +270,8 @@ def test_fixed_contexts_pipeline_bit_identical_to_the_golden_file():
     for name in ("reference", "efficient"):
         s = getattr(InteractionSettings, name)(grid=4, pairs=3, contexts=4)
         r = image_interactions(model, image, s, seed=5)
-        assert torch.equal(r.values, golden[f"image_{name}_values"]) and torch.equal(r.pairs, golden[f"image_{name}_pairs"])
+        assert torch.equal(r.values, golden[f"image_{name}_values"])
+        assert torch.equal(r.pairs, golden[f"image_{name}_pairs"])
         assert r.n_evaluations == int(golden[f"image_{name}_n_evaluations"])
 
 

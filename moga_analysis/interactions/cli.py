@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--protocol",
         choices=["reference", "efficient", "precise", "maps"],
-        default="reference",
-        help="reference: 50 independent contexts per pair and order (the public code's protocol); efficient: "
+        default=None,
+        help="(default reference; precise with --target-noise) reference: 50 independent contexts per pair "
+        "and order (the public code's protocol); efficient: "
         "the same samples with contexts shared between pairs; precise: as many shared contexts as it takes to "
         "reach --target-noise (default 0.1) at every order; maps: per-cell maps of I^(m) by band of orders "
         "(every cell with its right and lower neighbours; grid 8, 16 contexts) beside Grad-CAM",
@@ -83,7 +84,10 @@ def settings_from_args(args: argparse.Namespace):
     from .estimators import FixedContexts, PrecisionTarget
     from .pipeline import InteractionSettings
 
-    protocol = "precise" if args.target_noise is not None else args.protocol
+    protocol = args.protocol or ("precise" if args.target_noise is not None else "reference")
+    if args.target_noise is not None and protocol != "precise":
+        raise ValueError(f"--target-noise sets a precision target; --protocol {protocol} has a fixed number of "
+                         f"contexts: drop one of them")
     given = dict(grid=args.grid, pairs=args.pairs, ratios=None if args.ratios is None else tuple(args.ratios))
     overrides = dict({k: v for k, v in given.items() if v is not None}, baseline=args.baseline, output=args.output,
                      image_size=args.image_size, dtype=args.dtype, memory_format=args.memory_format, seed=args.seed)
