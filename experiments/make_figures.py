@@ -6,8 +6,8 @@
 
 Each config names a tool (``interactions``, ``gradcam``, ``erf``, ``ablation``) and its arguments.
 Step 1 runs the tool's command line once into ``runs/figures/<config>/`` (skipped when that run
-folder is complete, unless ``--recompute``; a tool whose ``cli.RESUMES`` is true gets ``--resume``,
-so an interrupted computation continues). Step 2 draws the figure from the saved results only, through
+folder is complete, unless ``--recompute``; with ``--resume``, so an interrupted computation
+continues). Step 2 draws the figure from the saved results only, through
 the library's readers (``InteractionStack``, ``CAMStack``, ``ERFStack``, ``AblationReport``) and
 plot functions, into ``experiments/figures/<config>.{png,pdf}``. Placeholders in arguments:
 ``{fmnist}`` (the 300 shipped Fashion-MNIST test images written out as PNG files with
@@ -89,9 +89,8 @@ def compute(name, cfg, run_dir: Path, placeholders, recompute=False):
         log.info("%s: results exist in %s", name, run_dir)
         return
     cli = importlib.import_module(f"moga_analysis.{cfg['tool']}.cli")
-    argv = _expand(cfg["args"], placeholders) + ["--out", str(run_dir), "--seed", "0"]
-    if getattr(cli, "RESUMES", False):
-        argv.append("--resume")  # an interrupted computation continues where it stopped
+    # --resume: an interrupted computation continues where it stopped (every tool resumes)
+    argv = _expand(cfg["args"], placeholders) + ["--out", str(run_dir), "--seed", "0", "--resume"]
     log.info("%s: python -m moga_analysis.%s %s", name, cfg["tool"], " ".join(argv))
     code = cli.main(argv)
     if code:

@@ -34,7 +34,6 @@ __all__ = [
     "image_set",
     "IMAGE_SOURCES",
     "imagenet_samples",
-    "load_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -440,4 +439,3 @@ class LabeledImageFolder(torch.utils.data.Dataset):
         return self.transform(_open_rgb(self.files[i])), self.labels[i]
 
 
-from .models.loading import load_model  # noqa: E402  (the loader lives with the models; kept here for imports)

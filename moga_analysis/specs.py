@@ -93,9 +93,9 @@ def load_spec(
 
     Random weights (only with ``random_weights=True``) are drawn from a generator seeded with
     ``seed``, so reruns, resumed runs and every rank of a distributed run see the same network.
-    ``load_kwargs`` go to :func:`~moga_analysis.data.load_model`.
+    ``load_kwargs`` go to :func:`~moga_analysis.models.load_model`.
     """
-    from .data import load_model
+    from .models import load_model
 
     if spec.module is not None:
         return spec.module

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from moga_analysis.games import HarsanyiGame, ImageMaskingGame
+from moga_analysis.interactions.games import HarsanyiGame, ImageMaskingGame
 
 
 class TinyNet(nn.Module):

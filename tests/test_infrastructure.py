@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from moga_analysis import data, hooks
+from moga_analysis.models import load_model
 from moga_analysis.results import SavableResult, load_tensors, save_tensors
 from moga_analysis.runtime import make_generator, resolve_device, resolve_dtype, tune_malloc
 
@@ -110,7 +111,7 @@ def test_labeled_folder_layouts(tmp_path):
 
 def test_load_model_errors():
     with pytest.raises(ValueError, match="unknown model"):
-        data.load_model("moganet_gigantic")
+        load_model("moganet_gigantic")
 
 
 def test_shipped_examples_follow_the_model():

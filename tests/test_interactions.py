@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from moga_analysis.games import HarsanyiGame
 from moga_analysis.interactions import (
     REFERENCE_RATIOS,
     InteractionResult,
@@ -17,6 +16,7 @@ from moga_analysis.interactions import (
     reference_pairs,
     relative_strength,
 )
+from moga_analysis.interactions.games import HarsanyiGame
 
 
 def brute_force(game, n, i, j, m):

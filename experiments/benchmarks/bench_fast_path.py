@@ -47,7 +47,7 @@ torch.set_num_threads(cfg["threads"])
 from moga_analysis.runtime import allocator_state, prepare_model, tune_malloc
 if cfg["mallopt"]:
     tune_malloc()
-from moga_analysis.data import load_model
+from moga_analysis.models import load_model
 model = load_model("tf_efficientnet_lite0.pypi", device="cpu")
 fmt = cfg["format"]
 prepare_model(model, None, fmt)

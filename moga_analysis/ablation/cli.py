@@ -16,12 +16,10 @@ from typing import Optional, Sequence
 
 from .interventions import KINDS, MODES
 
-__all__ = ["build_parser", "settings_from_args", "main", "RESUMES"]
+__all__ = ["build_parser", "settings_from_args", "main"]
 
 log = logging.getLogger(__name__)
 
-#: whether ``--resume`` continues an interrupted run (asked by experiments/make_figures.py)
-RESUMES = True
 
 #: defaults of the optional analyses' flags (None on the parser: given or not is checked)
 ANALYSIS_DEFAULTS = {"grid": 8, "pairs": 8, "contexts": 16, "steps": 20}

@@ -14,12 +14,10 @@ from typing import Optional, Sequence
 
 from .erf import DEFAULT_THRESHOLDS
 
-__all__ = ["build_parser", "settings_from_args", "main", "RESUMES"]
+__all__ = ["build_parser", "settings_from_args", "main"]
 
 log = logging.getLogger(__name__)
 
-#: whether ``--resume`` continues an interrupted run (asked by experiments/make_figures.py)
-RESUMES = True
 
 
 def build_parser() -> argparse.ArgumentParser:

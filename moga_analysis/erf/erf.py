@@ -78,7 +78,7 @@ class ERFResult(SavableResult):
 def looks_untrained(model: nn.Module) -> Optional[str]:
     """A reason to believe ``model`` has random weights, or None.
 
-    Checks ``model.weights_source`` (set by :func:`moga_analysis.data.load_model`; None means random),
+    Checks ``model.weights_source`` (set by :func:`moga_analysis.models.load_model`; None means random),
     BatchNorm running statistics at their initial values (mean 0, var 1), and layer-scale vectors
     still constant (timm/MogaNet initialise them to a constant such as 1e-5 or 1e-6).
     """

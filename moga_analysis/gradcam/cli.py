@@ -12,12 +12,10 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-__all__ = ["build_parser", "settings_from_args", "main", "RESUMES"]
+__all__ = ["build_parser", "settings_from_args", "main"]
 
 log = logging.getLogger(__name__)
 
-#: whether ``--resume`` continues an interrupted run (asked by experiments/make_figures.py)
-RESUMES = True
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,10 @@ import logging
 import os
 from typing import Iterator, Optional, Sequence
 
-__all__ = ["build_parser", "main", "settings_from_args", "RESUMES"]
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 log = logging.getLogger(__name__)
 
-#: whether ``--resume`` continues an interrupted run (asked by experiments/make_figures.py)
-RESUMES = True
 
 
 def build_parser() -> argparse.ArgumentParser:
