@@ -8,10 +8,15 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
 .PHONY: venv test test-all lint demo figures docs clean
 
+# uv installs several times faster than pip, from the sources pip is configured with
+# (tools/pip_sources.py); pip is the fallback where uv cannot be had
+INSTALL = ( $(PY) -m pip install -q uv && \
+	  $(VENV)/bin/uv pip install -q --python $(PY) $$($(PY) tools/pip_sources.py) -e '.[$(1)]' ) || \
+	  $(PY) -m pip install -q --no-compile -e '.[$(1)]'
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(call INSTALL,dev)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -23,7 +28,7 @@ test-all: venv
 	$(PY) -m pytest -q -n 2 -m ''
 
 lint: venv
-	$(PY) -m ruff check moga_analysis tests experiments
+	$(PY) -m ruff check moga_analysis tests experiments tools
 
 demo: venv
 	$(PY) -m moga_analysis.demo --out runs/demo
@@ -33,7 +38,7 @@ figures: venv
 
 # the docs site (mkdocs-material + mkdocstrings), warnings as errors, into build/site/
 docs: venv
-	$(PY) -m pip install -q -e '.[docs]'
+	$(call INSTALL,docs)
 	$(PY) -m mkdocs build --strict
 
 clean:

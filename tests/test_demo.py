@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from moga_analysis import demo
 
 
+@pytest.mark.slow  # about a minute: make test-all
 def test_demo_quick_runs_every_step(tmp_path):
     assert demo.main(["--quick", "--out", str(tmp_path), "-q"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -39,6 +39,7 @@ def quick_run(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.slow  # 45 s: make test-all
 def test_quick_check_writes_the_whole_report(quick_run, device_check):
     proc, out = quick_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

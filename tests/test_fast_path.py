@@ -31,10 +31,12 @@ def test_cli_restarts_with_the_allocator_settings(tmp_path):
     assert _allocator_of_run(tmp_path) == "environment"
 
 
+@pytest.mark.slow  # a fresh process each: make test-all
 def test_cli_respects_no_tune_malloc(tmp_path):
     assert _allocator_of_run(tmp_path, "--no-tune-malloc") == "default"
 
 
+@pytest.mark.slow  # a fresh process each: make test-all
 def test_kernel_spec_sets_the_allocator_before_python_starts(tmp_path):
     from moga_analysis.kernel import install_kernel
 
@@ -70,6 +72,7 @@ def _rss_kept_after_free(mode):
     return int(p.stdout.strip())
 
 
+@pytest.mark.slow  # a fresh process each: make test-all
 def test_runtime_tune_malloc_keeps_freed_memory():
     """glibc returns a freed 64 MiB block at once by default; after tune_malloc() it keeps it (the
     16 GiB threshold of an earlier version reached mallopt as 0 and trimmed after every free)."""
@@ -171,7 +174,8 @@ def _pipelines_in_a_fresh_process(pipelines, env_extra=None, **kw):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
-@pytest.mark.parametrize("pipeline", ["cams", "erfs", "ablation", "interactions"])
+@pytest.mark.parametrize("pipeline", [pytest.param(p, marks=pytest.mark.slow) for p in ("cams", "erfs", "ablation")]
+                         + ["interactions"])
 def test_each_pipeline_sets_the_fast_path_once(pipeline):
     """A plain script gets the allocator settings from the pipeline itself, applied once."""
     r = _pipelines_in_a_fresh_process([pipeline, pipeline])
@@ -185,6 +189,7 @@ def test_pipelines_respect_the_keyword_opt_out():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+@pytest.mark.slow  # a fresh process per pipeline: make test-all
 def test_pipelines_respect_the_environment_opt_out():
     r = _pipelines_in_a_fresh_process(["cams", "erfs", "ablation", "interactions"], {"MOGA_ANALYSIS_FAST_PATH": "0"})
     assert r == {"states": ["default"] * 4, "tune_calls": 0}

@@ -251,6 +251,7 @@ def test_target_noise_flags_reach_the_estimator(tmp_path):
         main([*SMALL, "--max-evaluations", "3000", "--out", str(tmp_path / "m")])  # a cap needs a target
 
 
+@pytest.mark.slow  # two precision-target runs through the CLI: make test-all
 def test_top_up_without_a_cap_and_none_under_one(tmp_path):
     """Without a cap the precision target tops its halves up and completes until every order meets
     the target; under a cap the main stage is the last (no top-up, no completion) and the run says

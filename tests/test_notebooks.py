@@ -22,8 +22,11 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.xdist_group("notebooks")
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p if p.stem == "01_quickstart" else pytest.param(p, marks=pytest.mark.slow)
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
+    """Every notebook runs in its quick mode (the quick start in ``make test``, the rest in
+    ``make test-all``: 15-110 s each)."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
