@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..runtime import model_device, uses_channels_last
+from .sampling import check_masks
 
 __all__ = ["ImageMaskingGame", "HarsanyiGame", "OUTPUTS", "BASELINES"]
 
@@ -165,11 +166,7 @@ class ImageMaskingGame:
         return z[:, y] - torch.logsumexp(others, dim=1)
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        masks = torch.as_tensor(masks)
-        if masks.dtype != torch.bool:
-            raise TypeError(f"masks must be a bool tensor, got {masks.dtype}")
-        if masks.dim() != 2 or masks.shape[1] != self.n_players:
-            raise ValueError(f"masks must be [k, {self.n_players}], got {list(masks.shape)}")
+        masks = check_masks(masks, self.n_players)
         out = []
         masks = masks.to(self.device)
         for start in range(0, masks.shape[0], self.batch_size):

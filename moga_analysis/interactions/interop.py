@@ -35,6 +35,8 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .sampling import check_masks
+
 __all__ = ["to_shapiq_game", "from_shapiq_game", "MogaGame"]
 
 
@@ -74,11 +76,7 @@ class MogaGame:
         self.n_evaluations = 0
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
-        masks = torch.as_tensor(masks)
-        if masks.dtype != torch.bool:
-            raise TypeError(f"masks must be a bool tensor, got {masks.dtype}")
-        if masks.dim() != 2 or masks.shape[1] != self.n_players:
-            raise ValueError(f"masks must be [k, {self.n_players}], got {list(masks.shape)}")
+        masks = check_masks(masks, self.n_players)
         coalitions = masks.detach().cpu().numpy()
         k = coalitions.shape[0]
         if k == 0:

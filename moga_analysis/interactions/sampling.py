@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "Game",
     "SQRT_2_PI",
+    "check_masks",
     "check_pairs",
     "check_orders",
     "evaluate",
@@ -52,6 +53,16 @@ def noise_floor(stderr: torch.Tensor, dim=-1) -> torch.Tensor:
     alone would give (an estimate ``x = I + e`` with ``I = 0`` and ``e ~ N(0, s^2)`` has
     ``E|x| = sqrt(2/pi) s``)."""
     return SQRT_2_PI * stderr.mean(dim)
+
+
+def check_masks(masks, n_players: int) -> torch.Tensor:
+    """``masks`` as a bool tensor ``[k, n_players]`` (what every game takes), or a clear error."""
+    masks = torch.as_tensor(masks)
+    if masks.dtype != torch.bool:
+        raise TypeError(f"masks must be a bool tensor, got {masks.dtype}")
+    if masks.dim() != 2 or masks.shape[1] != n_players:
+        raise ValueError(f"masks must be [k, {n_players}], got {list(masks.shape)}")
+    return masks
 
 
 def check_pairs(pairs, n_players: int) -> torch.Tensor:
