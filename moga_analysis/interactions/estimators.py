@@ -162,9 +162,8 @@ def deconvolved_mean_abs(
     an interaction goes with its noise (0: the interactions are exchangeable whatever their stderr;
     1: their signal-to-noise ratios are; on a real network the pairs with large interactions are
     also the noisy ones); it is chosen per row among ``alphas`` by the marginal likelihood.
-    Consistent as the number of pairs grows; its residual bias and spread are measured in
-    docs/interactions.md and tested in tests/test_adaptive.py.  Exact entries (``s_p = 0``) enter
-    as |x_p|.
+    Consistent as the number of pairs grows; its residual bias is tested against closed forms in
+    tests/test_precision.py.  Exact entries (``s_p = 0``) enter as |x_p|.
 
     ``values``, ``stderr``: ``[..., n_pairs]``; returns ``[...]`` (float64).
     """
