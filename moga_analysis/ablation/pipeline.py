@@ -1,10 +1,12 @@
 """The gate-ablation experiment as a pipeline: sweep, run folder and resume, optional analyses.
 
->>> settings = AblationSettings(ablations=("gate", "context"), stages=("all", "3"), dtype="bfloat16")
->>> report = run_ablation("moganet_small", "/data/imagenet/val", settings, out="runs/ablation", resume=True)
->>> report.metrics["gate@all"]["top1_drop"]
->>> report = AblationReport.load("runs/ablation")          # the same object from a finished run
->>> fig, ax = plot_accuracy_drop(report.metrics)             # moga_analysis.ablation.plot
+```python
+settings = AblationSettings(ablations=("gate", "context"), stages=("all", "3"), dtype="bfloat16")
+report = run_ablation("moganet_small", "/data/imagenet/val", settings, out="runs/ablation", resume=True)
+report.metrics["gate@all"]["top1_drop"]
+report = AblationReport.load("runs/ablation")          # the same object from a finished run
+fig, ax = plot_accuracy_drop(report.metrics)             # moga_analysis.ablation.plot
+```
 
 The run folder holds ``run.json`` (settings, images, weights), ``ablation_state.safetensors`` (the
 per-ablation sums, saved every ``checkpoint_every_s`` seconds and on an interruption, so that
