@@ -659,6 +659,25 @@ def _inputs(models, images, settings, labels, labels_file, labels_format, num_im
     return specs, imgs
 
 
+def _logged_plan(plain, name: str, imgs, settings: InteractionSettings, batch: int, names: List[str], mine: int,
+                 device, progress: bool):
+    """Log the plan of a run, timed on its first model and image, and return its progress bar
+    (evaluations, with ``per_image`` for the images resumed or skipped)."""
+    from tqdm.auto import tqdm
+
+    image = _first_image(imgs, plain, settings)
+    per_image, exact = _evaluations_per_image(plain, image, imgs, settings, batch)
+    rate = _seconds_per_evaluation(plain, image, settings, batch)
+    plan = InteractionPlan(models=names, images=mine, evaluations_per_image=per_image, exact=exact,
+                           seconds_per_evaluation={n: rate for n in names}, device=str(device),
+                           settings=settings.fingerprint())
+    log.info("%s (every model timed as %s)", plan.describe(), name)
+    bar = tqdm(total=plan.total_evaluations, disable=not progress, desc="interactions", unit="eval",
+               unit_scale=True, smoothing=0.05)
+    bar.per_image = per_image
+    return bar
+
+
 def plan_interactions(
     models: Any,
     images: Any = None,
@@ -733,8 +752,6 @@ def compute_interactions(
     (:func:`moga_analysis.runtime.fast_path`; False leaves the process as it is).
     Returns an :class:`InteractionStack`.
     """
-    from tqdm.auto import tqdm
-
     from ..runtime import analysis_device
     from ..runtime import fast_path as _fast_path
 
@@ -750,19 +767,10 @@ def compute_interactions(
     batch, names = _batch(batch_size, device), [s.name for s in specs]
     mine = len([i for i in range(len(imgs)) if i % world == rank])
     shares, bar = {}, None
-    for k, spec in enumerate(specs):
+    for spec in specs:
         model, plain = _prepared(spec, device, settings, compile)
         if bar is None:  # the plan, from the first model
-            image = _first_image(imgs, plain, settings)
-            per_image, exact = _evaluations_per_image(plain, image, imgs, settings, batch)
-            rate = _seconds_per_evaluation(plain, image, settings, batch)
-            plan = InteractionPlan(models=names, images=mine, evaluations_per_image=per_image, exact=exact,
-                                   seconds_per_evaluation={n: rate for n in names}, device=str(device),
-                                   settings=settings.fingerprint())
-            log.info("%s (every model timed as %s)", plan.describe(), spec.name)
-            bar = tqdm(total=plan.total_evaluations, disable=not progress, desc="interactions", unit="eval",
-                       unit_scale=True, smoothing=0.05)
-            bar.per_image = per_image
+            bar = _logged_plan(plain, spec.name, imgs, settings, batch, names, mine, device, progress)
         shares[spec.name] = _run_model(spec, model, plain, imgs, settings, run, rank, world, batch, bar)
         del model, plain
     bar.close()

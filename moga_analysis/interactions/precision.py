@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .estimators import InteractionResult, PrecisionTarget, deconvolved_mean_abs
+from .result import InteractionResult, deconvolved_mean_abs
 from .sampling import (
     SQRT_2_PI,
     Game,
@@ -172,7 +172,7 @@ def _bisect_scale(floor_at, target: float, hi: float) -> float:
     return hi
 
 
-def estimate_precision(est: PrecisionTarget, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+def estimate_precision(est, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
                        batch_size: Optional[int] = None) -> InteractionResult:
     """:meth:`PrecisionTarget.estimate` (the method: the module docstring)."""
     run = _Run(est, game, n_players, pairs, orders, seed, batch_size)
@@ -184,7 +184,7 @@ def estimate_precision(est: PrecisionTarget, game: Game, n_players: int, pairs, 
     return run.result()
 
 
-def project_precision(est: PrecisionTarget, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
+def project_precision(est, game: Game, n_players: int, pairs, orders, *, seed: int = 0,
                       batch_size: Optional[int] = None) -> Dict[str, Any]:
     """:meth:`PrecisionTarget.project`: the pilot of :func:`estimate_precision` and the evaluations
     its plan projects (each order's need at the pilot's cost per sample, within the cap)."""
@@ -201,7 +201,7 @@ def project_precision(est: PrecisionTarget, game: Game, n_players: int, pairs, o
 class _Run:
     """The state of one :func:`estimate_precision` call, stage by stage."""
 
-    def __init__(self, est: PrecisionTarget, game, n_players: int, pairs, orders, seed: int, batch_size):
+    def __init__(self, est, game, n_players: int, pairs, orders, seed: int, batch_size):
         n = int(n_players)
         self.game, self.n, self.seed, self.batch_size = game, n, int(seed), batch_size
         self.pairs, self.orders = check_pairs(pairs, n), check_orders(orders, n)
