@@ -20,8 +20,8 @@ every inner order (:func:`~.sampling.noise_floor`).  Every stage draws shared co
    inverse-variance weight fixed before they are drawn, repeated until it meets the target.
 
 Under a cap (``max_evaluations``) the main stage is one draw planned with a margin of
-:data:`_CAPPED_SAFETY` and scaled to what the budget affords; there is no top-up or completion,
-and missed orders are reported.
+:data:`_CAPPED_SAFETY` and scaled to what the budget affords, without the top-up; the completion
+runs with what the budget has left, and missed orders are reported.
 
 Why the estimate is unbiased: a stage's samples are drawn after its size and weight are fixed, so
 given everything before it they are i.i.d. draws of Delta(i,j,S) with S uniform, and
@@ -231,7 +231,7 @@ class _Run:
         self.extra_count = {o: torch.zeros(P, dtype=torch.long) for o in self.inner}
         self.completion_rounds = {o: 0 for o in self.inner}
         self.rounds = 0
-        self.scale, self.capped = 1.0, False
+        self.scale, self.capped, self.budget_stopped = 1.0, False, False
 
     def _evaluate(self, rows: torch.Tensor) -> torch.Tensor:
         return evaluate(self.game, rows, self.batch_size)
@@ -588,19 +588,21 @@ class _Run:
         return floor / max(float(self.values[o].abs().mean()), 1e-300) if floor > 0 else 0.0
 
     def complete(self) -> None:
-        """Without a cap: a completion stage for each order still above the target, repeated until
-        it meets it (at most :data:`_COMPLETION_ROUNDS` rounds of at most ``max_contexts`` samples
-        per pair).  Fresh samples X_c (N_p per pair, a multiple of the pair's samples so far) enter
-        as ``(1 - lam_p) X + lam_p X_c`` with the inverse-variance weight ``lam_p = V_p / (V_p +
+        """A completion stage for each order still above the target, repeated until it meets it (at
+        most :data:`_COMPLETION_ROUNDS` rounds of at most ``max_contexts`` samples per pair; under a
+        cap, only the orders whose round fits into what the budget has left, the worst first).
+        Fresh samples X_c (N_p per pair, a multiple of the pair's samples so far) enter as
+        ``(1 - lam_p) X + lam_p X_c`` with the inverse-variance weight ``lam_p = V_p / (V_p +
         sigma_p^2 / N_p)``, fixed before they are drawn; this lifts the variance floor of the pilot
         rounds' fixed weights, which no top-up of the main stage can."""
-        if not self.tops_up:
-            return
         gen = torch.Generator().manual_seed(_derived_seed(self.seed, 5))
         for _ in range(_COMPLETION_ROUNDS):
             todo = [o for o in self.inner if self._ratio(o) > self.tau]
+            if self.budget is not None:  # the worst first, while the budget lasts
+                todo.sort(key=self._ratio, reverse=True)
             plans = {o: self._completion_plan(o) for o in todo}
             drawn = [(o, shared_samples(self.n, self.pairs, self.order_list[o], plans[o][0], gen)) for o in todo]
+            drawn = self._within_budget(drawn)
             if not drawn:
                 return
             values = _evaluate_blocks(self.game, [rows for _, (rows, _, _) in drawn], self.batch_size)
@@ -616,6 +618,23 @@ class _Run:
                 self.stderr[o] = var.sqrt()
                 self.per_pair[o] += count_c
                 self.n_samples[o] = int(self.per_pair[o].min())
+
+    def _evaluations(self) -> int:
+        return (self.endpoint_evals + self.pilot_evals + self.round_evals + self.main_evals + self.top_up_evals
+                + self.completion_evals)
+
+    def _within_budget(self, drawn):
+        """The completion rounds of ``drawn`` (worst order first) that fit into the budget's rest."""
+        if self.budget is None:
+            return drawn
+        left, kept = self.budget - self._evaluations(), []
+        for o, sample in drawn:
+            if len(sample[0]) <= left:
+                kept.append((o, sample))
+                left -= len(sample[0])
+            else:
+                self.budget_stopped = True
+        return kept
 
     def _completion_plan(self, o: int):
         """(samples per pair N [P], weights lam [P]) of a completion round at order o: per pair the
@@ -651,8 +670,8 @@ class _Run:
             log.warning(
                 "precision target: %d of %d orders miss noise ratio %.3g (orders %s: %s)%s",
                 len(missed), O, self.tau, missed, [round(ratio[order_list.index(m)], 3) for m in missed],
-                "; the evaluation budget was capped" if self.capped else
-                f" after {_COMPLETION_ROUNDS} completion rounds",
+                "; the evaluation budget ran out" if self.capped or self.budget_stopped else
+                f" after {max(self.completion_rounds.values(), default=0)} completion rounds",
             )
         inner = set(self.inner)
         metadata = dict(
@@ -665,15 +684,14 @@ class _Run:
             round_evaluations=int(self.round_evals), main_evaluations=int(self.main_evals),
             top_up_evaluations=int(self.top_up_evals), completion_evaluations=int(self.completion_evals),
             completion_rounds=[self.completion_rounds.get(o, 0) for o in range(O)],
-            pilot_rounds=self.rounds, max_evaluations=self.budget, budget_capped=bool(self.capped),
+            pilot_rounds=self.rounds, max_evaluations=self.budget, budget_capped=bool(self.capped or self.budget_stopped),
             budget_scale=float(self.scale),
             pilot_weight=[float(self.round_weight[o].mean()) if o in inner else 0.0 for o in range(O)],
             effective_samples=[self.effective[o].tolist() if o in self.effective else [1.0] * self.P
                                for o in range(O)],
         )
         ragged = bool((self.per_pair != self.per_pair[:, :1]).any())
-        n_eval = (self.endpoint_evals + self.pilot_evals + self.round_evals + self.main_evals + self.top_up_evals
-                  + self.completion_evals)
+        n_eval = self._evaluations()
         return InteractionResult(
             orders=self.orders, pairs=self.pairs, values=self.values, stderr=self.stderr,
             half_values=self.halves, n_samples=self.n_samples, n_evaluations=int(n_eval),
