@@ -273,7 +273,12 @@ def test_fixed_contexts_bit_identical_to_the_golden_file():
             assert torch.equal(f.values, r.values)
 
 
-def test_fixed_contexts_pipeline_bit_identical_to_the_golden_file():
+def test_fixed_contexts_pipeline_matches_the_golden_file():
+    """Same pairs, contexts and evaluation count as the golden file; values to float32 model precision.
+
+    The model runs in float32, whose convolution kernels differ between CPUs in the last bits
+    (a different machine moved one value by 2e-6); different contexts would move them by 1e-2.
+    """
     from pathlib import Path
 
     import timm
@@ -288,7 +293,7 @@ def test_fixed_contexts_pipeline_bit_identical_to_the_golden_file():
     for name in ("reference", "efficient"):
         s = getattr(InteractionSettings, name)(grid=4, pairs=3, contexts=4)
         r = image_interactions(model, image, s, seed=5)
-        assert torch.equal(r.values, golden[f"image_{name}_values"])
+        torch.testing.assert_close(r.values, golden[f"image_{name}_values"], rtol=0, atol=5e-5)
         assert torch.equal(r.pairs, golden[f"image_{name}_pairs"])
         assert r.n_evaluations == int(golden[f"image_{name}_n_evaluations"])
 
