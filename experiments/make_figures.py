@@ -129,7 +129,8 @@ def plot_ablation(run_dir: Path):
 
 PLOTTERS = {"interactions": plot_interactions, "gradcam": plot_gradcam, "erf": plot_erf, "ablation": plot_ablation}
 #: tables copied beside the figures
-TABLES = ("ablation_results.md", "metrics.csv", "area_ratio.csv", "interactions_precision.md")
+TABLES = ("ablation_results.md", "metrics.csv", "area_ratio.csv", "interactions_precision.md",
+          "interactions_band_differences.md")
 
 
 def main(argv=None) -> int:
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
             log.info("%s: wrote %s", name, path)
         for table in TABLES:
             if (run_dir / table).exists():  # the tables beside the figures
-                suffix = "_precision.md" if table.startswith("interactions_") else Path(table).suffix
+                suffix = "_" + table.split("_", 1)[1] if table.startswith("interactions_") else Path(table).suffix
                 (figures / f"{name}{suffix}").write_text((run_dir / table).read_text())
     return 0
 

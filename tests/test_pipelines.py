@@ -257,6 +257,13 @@ def test_interaction_pipeline_from_a_notebook(tiny_nets, tmp_path):
     assert (tmp_path / "interactions_precision.md").exists()
     diff = loaded.band_difference("full", "nogate", bands={"mid": (0.4, 0.6)}, n_boot=50)
     assert diff["mid"]["orders"] == [7]
+    # the saved table: nogate against full in each band holding an order (low: 0, middle: 7; high none)
+    table = json.loads((tmp_path / "interactions_band_differences.json").read_text())["rows"]
+    assert [(r["model"], r["band"], r["orders"]) for r in table] == [("nogate", "low", "0-0"), ("nogate", "middle", "7-7")]
+    ref = loaded.band_difference("full", "nogate", bands={"middle": (0.3, 0.6)})["middle"]
+    assert table[1]["diff"] == pytest.approx(ref["diff"]) and table[1]["lower"] == pytest.approx(ref["lower"])
+    per = loaded["nogate"].mean_abs()[:, 1] - loaded["full"].mean_abs()[:, 1]
+    assert table[1]["diff"] == pytest.approx(float(per.mean()))  # the paired mean, by hand
     again = compute_interactions(tiny_nets, images, settings, labels=[1, None, 2], out=tmp_path, resume=True,
                                  progress=False)
     torch.testing.assert_close(again["full"].values, full.values, rtol=0, atol=0)

@@ -13,7 +13,8 @@ A run folder (:class:`moga_analysis.runs.RunFolder`) holds ``run.json``, one
 as soon as it is computed, so an interrupted run resumes where it stopped), and per model the
 stacked ``interactions_<model>.safetensors`` (a :class:`ModelInteractions`) plus
 ``interactions_precision.{csv,md,json}``: the noise floor, its ratio to mean |I| and the unbiased
-E[I^2]-based strength per order, beside the raw mean |I| and J^(m).
+E[I^2]-based strength per order, beside the raw mean |I| and J^(m); with two or more models,
+``interactions_band_differences.{csv,md,json}`` (:meth:`InteractionStack.band_difference_rows`).
 
 Under ``torchrun`` the images are sharded over the ranks (rank ``r`` takes images ``r, r+w, ...``);
 rank 0 stacks the results.  Image ``i`` uses pairs seeded by ``image_seed(seed, i)`` and
@@ -391,6 +392,24 @@ class InteractionStack(Mapping[str, ModelInteractions]):
         return paired_band_difference(ra.mean_abs(), rb.mean_abs(), ra.orders, ra.n_players, dict(bands or ORDER_BANDS),
                                       n_boot=n_boot, level=level, seed=seed)
 
+    def band_difference_rows(self, n_boot: int = 4000, level: float = 0.95, seed: int = 0) -> List[Dict[str, Any]]:
+        """Each model after the first against the first (the run's ``--model``), per band of
+        :data:`ORDER_BANDS` that holds an evaluated order: rows of ``reference, model, band, orders,
+        diff, lower, upper, relative`` (:meth:`band_difference`).  Empty with one model."""
+        if len(self.models) < 2:
+            return []
+        a = self.models[0]
+        first = self[a]
+        n2 = first.n_players - 2
+        bands = {k: (lo, hi) for k, (lo, hi) in ORDER_BANDS.items()
+                 if ((first.orders >= int(n2 * lo)) & (first.orders <= int(n2 * hi))).any()}
+        rows = []
+        for b in self.models[1:]:
+            for band, d in self.band_difference(a, b, bands, n_boot=n_boot, level=level, seed=seed).items():
+                rows.append(dict(reference=a, model=b, band=band, orders=f"{d['orders'][0]}-{d['orders'][-1]}",
+                                 diff=d["diff"], lower=d["lower"], upper=d["upper"], relative=d["relative"]))
+        return rows
+
     def map_difference(self, a: str, b: str, statistic: str = "mean_abs", n_boot: int = 2000, seed: int = 0):
         """Per-cell ``b - a`` of the two models' maps, paired over images (:func:`.maps.map_difference`)."""
         from .maps import map_difference
@@ -406,7 +425,11 @@ class InteractionStack(Mapping[str, ModelInteractions]):
         folder = Path(folder)
         written = [r.save(folder / f"interactions_{safe_name(m)}.safetensors") for m, r in self._results.items()]
         written += [mp.save(folder / f"maps_{safe_name(m)}.safetensors") for m, mp in self.maps.items()]
-        return written + write_table(self.precision_rows(), folder / "interactions_precision")
+        written += write_table(self.precision_rows(), folder / "interactions_precision")
+        rows = self.band_difference_rows()
+        if rows:  # paired over the same images, pairs and contexts
+            written += write_table(rows, folder / "interactions_band_differences")
+        return written
 
     @classmethod
     def load(cls, folder: Union[str, os.PathLike]) -> "InteractionStack":
