@@ -805,5 +805,6 @@ def compute_interactions(
         stack.save(run.path)
         run.mark_complete(models=names, images=len(imgs))
     _barrier(world)
-    _warn_missed_targets(stack)
+    if rank == 0:  # every rank holds the whole stack; one report
+        _warn_missed_targets(stack)
     return stack
