@@ -7,7 +7,7 @@ comma := ,
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 
-.PHONY: venv test test-all lint demo figures docs clean
+.PHONY: venv test test-all lint demo figures notebooks docs clean
 
 # uv installs several times faster than pip, from the sources pip is configured with
 # (tools/pip_sources.py); pip is the fallback where uv cannot be had
@@ -38,6 +38,10 @@ demo: venv
 figures: venv
 	$(call INSTALL,effnet$(comma)samples)
 	$(PY) experiments/make_figures.py
+
+# the tutorials executed in place in full mode (their outputs are what the docs show; about 10 minutes)
+notebooks: venv
+	$(PY) tools/execute_notebooks.py
 
 # the docs site (mkdocs-material + mkdocstrings), warnings as errors, into build/site/
 docs: venv

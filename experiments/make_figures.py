@@ -103,7 +103,13 @@ def plot_interactions(run_dir: Path):
     from moga_analysis.interactions import InteractionStack
     from moga_analysis.interactions.plot import plot_relative_strength
 
-    return plot_relative_strength(InteractionStack.load(run_dir), n_boot=1000, seed=0)[0]
+    stack = InteractionStack.load(run_dir)
+    if stack.maps:  # --protocol maps: the maps beside the Grad-CAM the tool saved with them
+        from moga_analysis.gradcam import CAMStack
+        from moga_analysis.interactions.map_plot import plot_map_stack
+
+        return plot_map_stack(stack, CAMStack.load(run_dir / "gradcam"), models=stack.models[:2])[0]
+    return plot_relative_strength(stack, n_boot=1000, seed=0)[0]
 
 
 def plot_gradcam(run_dir: Path):

@@ -76,3 +76,15 @@ def test_imagenet_samples_tables_from_committed_results(tmp_path):
         assert (tmp_path / table).read_text() == (folder / table).read_text()
     # the misses the docs report: 17 of 312 image-orders above the target of 0.8
     assert sum(int((stack[m].noise_ratio() > 0.8).sum()) for m in stack.models) == 17
+
+
+def test_a_maps_run_is_drawn_as_maps_beside_its_grad_cam(mf, tmp_path):
+    from moga_analysis.interactions.cli import main
+
+    argv = ["--model", "moganet_xtiny", "--random-weights", "--image-size", "64", "--grid", "4", "--no-progress", "-q",
+            "--protocol", "maps", "--contexts", "2", "--ratios", "0.1", "0.5", "0.9", "--num-images", "1",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    fig = mf.plot_interactions(tmp_path)
+    labels = " ".join(t.get_text() for ax in fig.axes for t in [ax.title, *ax.texts])
+    assert "Grad-CAM" in labels or "CAM" in labels, labels  # the map figure, not the J^(m) curve

@@ -20,7 +20,8 @@ ASSETS = ("assets/fmnist", "assets/images", "assets/imagenet", "assets/weights")
 
 def _run(cmd, **kw):
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-    assert done.returncode == 0, f"{' '.join(map(str, cmd))} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    shown = f"{' '.join(map(str, cmd))} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, shown
     return done
 
 
@@ -58,7 +59,8 @@ def test_wheel_installs_and_runs_the_quick_demo_elsewhere(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     where = _run([py, "-c", "import moga_analysis; print(moga_analysis.__file__)"], cwd=elsewhere, env=env).stdout
     assert Path(where.strip()).is_relative_to(env_dir), where  # the installed copy, not the checkout
-    assert "demo" in _run([env_dir / "bin" / "moga-analysis", "--help"], cwd=elsewhere, env=env).stdout  # console script
+    console_script = env_dir / "bin" / "moga-analysis"
+    assert "demo" in _run([console_script, "--help"], cwd=elsewhere, env=env).stdout
     _run([py, "-m", "moga_analysis.demo", "--quick", "--out", "out", "-q"], cwd=elsewhere, env=env)
     summary = json.loads((elsewhere / "out" / "summary.json").read_text())
     steps = {k: v["status"] for k, v in summary.items() if isinstance(v, dict) and "status" in v}

@@ -513,17 +513,22 @@ def _duration(seconds: float) -> str:
 
 
 def _seconds_per_evaluation(model, image, settings: InteractionSettings, batch: int) -> float:
-    """Seconds per game evaluation of ``model`` on ``image``: one full batch of random masks, timed
-    after a warm-up call."""
+    """Seconds per game evaluation of ``model`` on ``image``: the faster of two full batches of
+    random masks, after a warm-up call of the same size (the first calls at a batch size pay for
+    kernels and memory; timed after a 4-mask warm-up, EfficientNet-Lite0 at 224 px read 46 ms per
+    evaluation where the run took 8.4)."""
     import time
 
     game = image_game(model, image, settings, batch_size=batch)
     gen = torch.Generator().manual_seed(0)
     masks = torch.rand(batch, settings.n_players, generator=gen) < 0.5
-    game(masks[: min(batch, 4)])
-    t0 = time.perf_counter()
     game(masks)
-    return (time.perf_counter() - t0) / batch
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        game(masks)
+        best = min(best, time.perf_counter() - t0)
+    return best / batch
 
 
 def _evaluations_per_image(model, image, imgs, settings: InteractionSettings, batch: int) -> Tuple[int, bool]:
