@@ -76,3 +76,44 @@ def test_notebook_runs(path, tmp_path):
             os.environ.pop("MOGA_QUICK", None)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def test_paper_style_restores_only_its_own_settings():
+    """What happens inside the style (the inline backend turning interactive mode on, as a kernel's
+    first figure does) outlives it; the style's own settings do not."""
+    import matplotlib as mpl
+
+    from moga_analysis.plotting.style import paper_style
+
+    before, was_interactive = mpl.rcParams["font.size"], mpl.is_interactive()
+    try:
+        mpl.interactive(False)
+        with paper_style(**{"font.size": 5.5}):
+            assert mpl.rcParams["font.size"] == 5.5
+            mpl.interactive(True)
+        assert mpl.is_interactive() and mpl.rcParams["font.size"] == before
+    finally:
+        mpl.interactive(was_interactive)
+
+
+@pytest.mark.xdist_group("notebooks")
+def test_every_figure_of_a_kernel_is_shown(tmp_path):
+    """In a Jupyter kernel, figures drawn after the first one inside the paper style are shown too
+    (restoring every rcParam on leaving the style turned interactive mode off: later figures were
+    never displayed)."""
+    from nbclient import NotebookClient
+
+    cells = ["import matplotlib.pyplot as plt\nfrom moga_analysis.plotting.style import paper_style",
+             "with paper_style():\n    fig = plt.figure(); fig.add_subplot().plot([1, 2])",
+             "with paper_style():\n    fig = plt.figure(); fig.add_subplot().plot([2, 1])",
+             "fig = plt.figure(); fig.add_subplot().plot([1, 1])"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    saved = os.environ.pop("MPLBACKEND", None)  # the kernel's own backend (inline)
+    try:
+        client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()
+    finally:
+        if saved is not None:
+            os.environ["MPLBACKEND"] = saved
+    shown = [any("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells[1:]]
+    assert shown == [True, True, True]

@@ -60,9 +60,8 @@ def execute(path: Path, timeout: int = 1800) -> float:
     work = ROOT / "runs" / "notebooks" / path.stem
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {"MOGA_QUICK": os.environ.pop("MOGA_QUICK", None)}  # full mode
-    env["MPLBACKEND"] = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures shown inline
+    # full mode, and the kernel's own matplotlib backend (inline), as in a user's Jupyter
+    env = {key: os.environ.pop(key, None) for key in ("MOGA_QUICK", "MPLBACKEND")}
     t0 = time.perf_counter()
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(work)}})

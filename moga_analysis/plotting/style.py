@@ -37,13 +37,21 @@ _RC = {
 
 @contextlib.contextmanager
 def paper_style(**overrides) -> Iterator[None]:
-    """Matplotlib settings for paper figures (small fonts, 300 dpi, no top/right spines)."""
+    """Matplotlib settings for paper figures (small fonts, 300 dpi, no top/right spines).
+
+    Only these settings are restored on exit, not every rcParam as ``matplotlib.rc_context``
+    does: the first figure of a Jupyter kernel loads the inline backend, which turns interactive
+    mode on, and restoring that too left every later figure of the session undisplayed."""
     import matplotlib as mpl
     from cycler import cycler
 
     rc = dict(_RC, **{"axes.prop_cycle": cycler(color=PALETTE)}, **overrides)
-    with mpl.rc_context(rc):
+    saved = {key: mpl.rcParams[key] for key in rc}
+    mpl.rcParams.update(rc)
+    try:
         yield
+    finally:
+        mpl.rcParams.update(saved)
 
 
 #: PNG figures are written about this wide (pixels), so that every figure reads well in a README
