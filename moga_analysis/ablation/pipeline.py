@@ -249,6 +249,15 @@ def _metadata(spec, net, images, labels_file, imgs, n_dataset, settings, specs, 
     }
 
 
+def _analyses(net, dataset, specs, settings, calibration, analyses, loader_for, batch_size):
+    """The mechanism analyses on the first ``analyses.images`` images, with the mean-mode
+    calibrations the sweep did not make."""
+    mean_kinds = sorted({s.kind for s in specs if s.mode == "mean"} - set(calibration))
+    calibration.update(_calibrations(net, dataset, len(dataset), settings, mean_kinds, loader_for))
+    x = torch.stack([dataset[i][0] for i in range(min(analyses.images, len(dataset)))])
+    return ablation_analyses(net, x, specs, calibration, analyses, batch_size=batch_size)
+
+
 def run_ablation(
     model: Any,
     images: Any,
@@ -302,10 +311,7 @@ def run_ablation(
                                              checkpoint_every_s, progress)
     meta = _metadata(spec, net, images, labels_file, imgs, len(imgs_all), settings, specs, bs, timing, dev)
     if analyses is not None and analyses.any:
-        mean_kinds = sorted({s.kind for s in specs if s.mode == "mean"} - set(calibration))
-        calibration.update(_calibrations(net, dataset, len(imgs), settings, mean_kinds, loader_for))
-        x = torch.stack([dataset[i][0] for i in range(min(analyses.images, len(dataset)))])
-        meta["analyses"] = ablation_analyses(net, x, specs, calibration, analyses, batch_size=batch_size)
+        meta["analyses"] = _analyses(net, dataset, specs, settings, calibration, analyses, loader_for, batch_size)
     report = AblationReport(evaluation.metrics(), meta)
     if run is not None:
         report.save(run.path)

@@ -225,9 +225,14 @@ def compute_cams(
             log.info("%s: faithfulness %s", spec.name, faith)
     stack = CAMStack(results, display, results[specs[0].name].metadata["images"], class_names)
     if run is not None:
-        _Display((stack.display * 255).round().to(torch.uint8), tuple(stack.images)).save(
-            run.path / "display_images.safetensors"
-        )
-        stack.save_tables(run.path)
-        run.mark_complete(models=stack.models, class_names=class_names)
+        _finish_run(run, stack)
     return stack
+
+
+def _finish_run(run: RunFolder, stack: CAMStack) -> None:
+    """The display images (uint8) and the tables into the run folder, which is then complete."""
+    _Display((stack.display * 255).round().to(torch.uint8), tuple(stack.images)).save(
+        run.path / "display_images.safetensors"
+    )
+    stack.save_tables(run.path)
+    run.mark_complete(models=stack.models, class_names=stack.class_names)

@@ -123,13 +123,8 @@ def _make_shapiq_game_class():
             empty = None
             if normalize:
                 empty = float(self._evaluate(np.zeros((1, n), dtype=bool))[0])
-            super().__init__(
-                n_players=n,
-                normalize=normalize,
-                normalization_value=empty,
-                player_names=player_names,
-                verbose=verbose,
-            )
+            super().__init__(n_players=n, normalize=normalize, normalization_value=empty, player_names=player_names,
+                             verbose=verbose)
 
         def _evaluate(self, coalitions: np.ndarray) -> np.ndarray:
             masks = torch.from_numpy(np.ascontiguousarray(coalitions, dtype=bool))

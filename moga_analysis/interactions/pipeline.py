@@ -802,7 +802,15 @@ def compute_interactions(
         shares[spec.name] = _run_model(spec, model, plain, imgs, settings, run, rank, world, batch, bar)
         del model, plain
     bar.close()
+    return _gathered(specs, shares, imgs, settings, run, rank, world)
+
+
+def _gathered(specs, shares, imgs, settings: InteractionSettings, run: Optional[RunFolder], rank: int,
+              world: int) -> InteractionStack:
+    """Every rank's results stacked per model (each rank holds the whole stack); rank 0 saves it,
+    marks the run complete and reports the orders that missed their target."""
     _barrier(world)
+    names = [s.name for s in specs]
     per_model = {s.name: shares[s.name] if world == 1 else _load_share(run, s, imgs) for s in specs}
     stack = InteractionStack([_stack_model(s, per_model[s.name], imgs, settings, names) for s in specs],
                              _maps(specs, per_model, imgs, settings))
@@ -810,6 +818,6 @@ def compute_interactions(
         stack.save(run.path)
         run.mark_complete(models=names, images=len(imgs))
     _barrier(world)
-    if rank == 0:  # every rank holds the whole stack; one report
+    if rank == 0:
         _warn_missed_targets(stack)
     return stack
