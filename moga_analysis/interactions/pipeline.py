@@ -396,13 +396,20 @@ class InteractionStack(Mapping[str, ModelInteractions]):
         """Each model after the first against the first (the run's ``--model``), per band of
         :data:`ORDER_BANDS` that holds an evaluated order: rows of ``reference, model, band, orders,
         diff, lower, upper, relative`` (:meth:`band_difference`).  Empty with one model."""
+        from .maps import band_orders
+
         if len(self.models) < 2:
             return []
         a = self.models[0]
         first = self[a]
-        n2 = first.n_players - 2
-        bands = {k: (lo, hi) for k, (lo, hi) in ORDER_BANDS.items()
-                 if ((first.orders >= int(n2 * lo)) & (first.orders <= int(n2 * hi))).any()}
+
+        def holds_an_order(name: str) -> bool:  # the band-to-orders rule of paired_band_difference
+            try:
+                return bool(band_orders(first.orders, first.n_players, {name: ORDER_BANDS[name]}))
+            except ValueError:
+                return False
+
+        bands = {k: v for k, v in ORDER_BANDS.items() if holds_an_order(k)}
         rows = []
         for b in self.models[1:]:
             for band, d in self.band_difference(a, b, bands, n_boot=n_boot, level=level, seed=seed).items():
